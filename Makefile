@@ -1,0 +1,33 @@
+# Two commands for a newcomer: `make test` and `make bench`. Both start from nothing: they create .venv,
+# install torch and the tools, build restore_ext (CUDA kernels too where a CUDA toolkit is present).
+PYTHON_SYS ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.14.1
+MAX_JOBS ?= $(shell nproc)
+DEPS := torch==$(TORCH_VERSION) ninja numpy pybind11 pytest pytest-benchmark "setuptools>=77" wheel
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup.py
+
+.PHONY: test bench build clean
+
+$(VENV)/.deps-stamp: Makefile
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(DEPS)
+	touch $@
+
+# In-place build: ninja recompiles only what changed. `pip install --no-build-isolation -e .` works too.
+restore_ext/_build_info.py: $(VENV)/.deps-stamp $(SOURCES)
+	MAX_JOBS=$(MAX_JOBS) $(PY) setup.py -q build_ext --inplace
+	touch $@
+
+build: restore_ext/_build_info.py
+
+test: build
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) benchmarks/run.py --quick
+
+clean:
+	rm -rf build restore_ext/_C*.so restore_ext/_build_info.py *.egg-info

@@ -1,0 +1,116 @@
+#include "op_checks.h"
+
+#include <c10/util/Exception.h>
+#include <cmath>
+
+namespace restore {
+namespace {
+
+bool is_float_type(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
+                       const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+              ref.device(), "; all inputs must be on one device");
+}
+
+}  // namespace
+
+void check_topk_indices_args(const at::Tensor& scores, int64_t k) {
+  TORCH_CHECK(scores.dim() == 2, "topk_indices: scores must be 2-D (B, N), got ", scores.dim(), "-D with shape ",
+              scores.sizes());
+  TORCH_CHECK(is_float_type(scores.scalar_type()),
+              "topk_indices: scores must be float16, bfloat16 or float32, got ", scores.scalar_type());
+  const int64_t n = scores.size(1);
+  TORCH_CHECK(k >= 1 && k <= n, "topk_indices: k must satisfy 1 <= k <= N = ", n, " (scores has shape ",
+              scores.sizes(), "), got k = ", k);
+}
+
+AnchorRule check_anchor_merge_args(const at::Tensor& x, int64_t num_anchors, c10::string_view rule) {
+  TORCH_CHECK(x.dim() == 3, "anchor_merge: x must be 3-D (B, N, D), got ", x.dim(), "-D with shape ", x.sizes());
+  TORCH_CHECK(is_float_type(x.scalar_type()), "anchor_merge: x must be float16, bfloat16 or float32, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.size(2) >= 1, "anchor_merge: x must have a feature dim D >= 1, got shape ", x.sizes());
+  const int64_t n = x.size(1);
+  TORCH_CHECK(num_anchors >= 1 && num_anchors <= n, "anchor_merge: num_anchors must satisfy 1 <= K <= N = ", n,
+              " (x has shape ", x.sizes(), "), got num_anchors = ", num_anchors);
+  if (rule == "reference") return AnchorRule::Reference;
+  if (rule == "dpc") return AnchorRule::Dpc;
+  TORCH_CHECK(false, "anchor_merge: rule must be \"reference\" or \"dpc\", got \"", std::string(rule), "\"");
+}
+
+AttentionShape check_calibrated_attention_args(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const std::optional<at::Tensor>& log_size, const std::optional<at::Tensor>& q_pos,
+    const std::optional<at::Tensor>& k_pos, const std::optional<at::Tensor>& table,
+    std::optional<double> scale) {
+  constexpr const char* op = "calibrated_attention";
+  for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"q", &q}, {"k", &k}, {"v", &v}}) {
+    TORCH_CHECK(t->dim() == 4, op, ": ", name, " must be 4-D (B, L, heads, Dh), got ", t->dim(),
+                "-D with shape ", t->sizes());
+    TORCH_CHECK(is_float_type(t->scalar_type()), op, ": ", name, " must be float16, bfloat16 or float32, got ",
+                t->scalar_type());
+    TORCH_CHECK(t->size(3) <= 1 || t->stride(3) == 1, op, ": ", name,
+                " must have a contiguous last dimension (stride 1), got strides ", t->strides());
+  }
+  check_same_device(op, "k", k, q, "q");
+  check_same_device(op, "v", v, q, "q");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+              ": q, k and v must have one dtype, got q ", q.scalar_type(), ", k ", k.scalar_type(), ", v ",
+              v.scalar_type());
+  AttentionShape s{};
+  s.batch = q.size(0);
+  s.lq = q.size(1);
+  s.heads = q.size(2);
+  s.head_dim = q.size(3);
+  s.lk = k.size(1);
+  s.kv_heads = k.size(2);
+  TORCH_CHECK(k.size(0) == s.batch, op, ": k has batch ", k.size(0), " but q has batch ", s.batch);
+  TORCH_CHECK(v.sizes() == k.sizes(), op, ": v must have k's shape ", k.sizes(), ", got ", v.sizes());
+  TORCH_CHECK(k.size(3) == s.head_dim, op, ": k has head dim ", k.size(3), " but q has head dim ", s.head_dim);
+  TORCH_CHECK(s.head_dim >= 1, op, ": head dim must be >= 1, got q of shape ", q.sizes());
+  TORCH_CHECK(s.kv_heads >= 1 && s.heads % s.kv_heads == 0, op, ": k has ", s.kv_heads,
+              " heads, which does not divide q's ", s.heads, " heads (H % Hkv must be 0)");
+
+  s.has_log_size = log_size.has_value();
+  if (s.has_log_size) {
+    const at::Tensor& ls = *log_size;
+    check_same_device(op, "log_size", ls, q, "q");
+    TORCH_CHECK(ls.scalar_type() == at::kFloat, op, ": log_size must be float32, got ", ls.scalar_type());
+    TORCH_CHECK(ls.dim() == 2 && ls.size(0) == s.batch && ls.size(1) == s.lk, op,
+                ": log_size must have shape (B, Lk) = (", s.batch, ", ", s.lk, "), got ", ls.sizes());
+  }
+
+  const int given = int(q_pos.has_value()) + int(k_pos.has_value()) + int(table.has_value());
+  TORCH_CHECK(given == 0 || given == 3, op,
+              ": q_pos, k_pos and table come together or not at all, got q_pos ",
+              q_pos.has_value() ? "given" : "None", ", k_pos ", k_pos.has_value() ? "given" : "None", ", table ",
+              table.has_value() ? "given" : "None");
+  s.has_positions = given == 3;
+  s.table_len = 0;
+  if (s.has_positions) {
+    for (auto [name, t, len] : {std::tuple<const char*, const at::Tensor*, int64_t>{"q_pos", &*q_pos, s.lq},
+                                {"k_pos", &*k_pos, s.lk}}) {
+      check_same_device(op, name, *t, q, "q");
+      TORCH_CHECK(t->scalar_type() == at::kInt || t->scalar_type() == at::kLong, op, ": ", name,
+                  " must be int32 or int64, got ", t->scalar_type());
+      TORCH_CHECK(t->dim() == 2 && t->size(0) == s.batch && t->size(1) == len, op, ": ", name,
+                  " must have shape (B, ", name[0] == 'q' ? "Lq" : "Lk", ") = (", s.batch, ", ", len, "), got ",
+                  t->sizes());
+    }
+    const at::Tensor& tb = *table;
+    check_same_device(op, "table", tb, q, "q");
+    TORCH_CHECK(tb.scalar_type() == at::kFloat, op, ": table must be float32, got ", tb.scalar_type());
+    TORCH_CHECK(tb.dim() == 1 && tb.size(0) >= 1, op, ": table must be 1-D with at least one entry, got shape ",
+                tb.sizes());
+    s.table_len = tb.size(0);
+  }
+  const double sc = scale.has_value() ? *scale : 1.0 / std::sqrt(double(s.head_dim));
+  TORCH_CHECK(std::isfinite(sc), op, ": scale must be finite, got ", sc);
+  s.scale = float(sc);
+  return s;
+}
+
+}  // namespace restore

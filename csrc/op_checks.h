@@ -1,0 +1,28 @@
+#pragma once
+// Input validation shared by the CPU and CUDA bodies of every op, so that both devices reject the same
+// inputs with the same messages (SPEC "Errors"). Host-only: never included by device code.
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+#include <optional>
+
+#include "restore/anchor_math.h"
+
+namespace restore {
+
+void check_topk_indices_args(const at::Tensor& scores, int64_t k);
+
+AnchorRule check_anchor_merge_args(const at::Tensor& x, int64_t num_anchors, c10::string_view rule);
+
+struct AttentionShape {
+  int64_t batch, lq, lk, heads, kv_heads, head_dim, table_len;
+  bool has_log_size, has_positions;
+  float scale;
+};
+
+AttentionShape check_calibrated_attention_args(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const std::optional<at::Tensor>& log_size, const std::optional<at::Tensor>& q_pos,
+    const std::optional<at::Tensor>& k_pos, const std::optional<at::Tensor>& table,
+    std::optional<double> scale);
+
+}  // namespace restore

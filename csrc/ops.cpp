@@ -1,0 +1,13 @@
+// The one place that declares every op of the `restore` library (bodies: cpu/*.cpp, cuda/*.cu).
+// SPEC.md is the contract of each schema below; restore_ext/reference.py is its executable form.
+#include <torch/library.h>
+
+TORCH_LIBRARY(restore, m) {
+  m.def("topk_indices(Tensor scores, SymInt k) -> Tensor");
+  m.def(
+      "anchor_merge(Tensor x, SymInt num_anchors, str rule=\"reference\") -> "
+      "(Tensor merged, Tensor size, Tensor assign, Tensor anchors)");
+  m.def(
+      "calibrated_attention(Tensor q, Tensor k, Tensor v, Tensor? log_size, Tensor? q_pos, Tensor? k_pos, "
+      "Tensor? table, bool causal=True, float? scale=None) -> Tensor");
+}

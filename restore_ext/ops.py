@@ -1,0 +1,85 @@
+"""Typed, documented entry points of the compiled ops, and their fake kernels for torch.compile.
+
+Every function here calls ``torch.ops.restore.<op>``; SPEC.md is the contract and
+:mod:`restore_ext.reference` the float64 reference each one is tested against.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+
+class AnchorMerge(NamedTuple):
+    merged: Tensor  # (B, K, D), dtype of x: plain mean of each slot's tokens
+    size: Tensor  # (B, K) int64: tokens per slot, anchor included
+    assign: Tensor  # (B, N) int64 in [0, K): slot of each token
+    anchors: Tensor  # (B, K) int64: anchor token indices, ascending
+
+
+def topk_indices(scores: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` highest ``scores`` per row, in ascending index order (SPEC §1).
+
+    ``scores`` (B, N) float16/bfloat16/float32, ``1 <= k <= N``. Ties go to the lower index; NaN ranks
+    below every number. Returns (B, k) int64.
+    """
+    return torch.ops.restore.topk_indices.default(scores, k)
+
+
+def anchor_merge(x: Tensor, num_anchors: int, rule: str = "reference") -> AnchorMerge:
+    """Distinctive anchor merging of each row of ``x`` (B, N, D) into ``num_anchors`` tokens (SPEC §2).
+
+    ``rule="reference"`` reproduces the authors' released code, ``"dpc"`` is textbook density-peak
+    clustering. Returns ``AnchorMerge(merged, size, assign, anchors)``.
+    """
+    return AnchorMerge(*torch.ops.restore.anchor_merge.default(x, num_anchors, rule))
+
+
+def calibrated_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_size: Optional[Tensor] = None,
+    q_pos: Optional[Tensor] = None,
+    k_pos: Optional[Tensor] = None,
+    table: Optional[Tensor] = None,
+    causal: bool = True,
+    scale: Optional[float] = None,
+) -> Tensor:
+    """Attention with RESTORE's calibration bias, fused (SPEC §5).
+
+    ``q`` (B, Lq, H, Dh), ``k``/``v`` (B, Lk, Hkv, Dh), one dtype of float16/bfloat16/float32, last dim
+    contiguous. ``logit = scale * q.k + log_size[b, j] + table[clamp(q_pos - k_pos, 0, T-1)]``; ``log_size``
+    (B, Lk) float32 (``-inf`` masks a key); ``q_pos`` (B, Lq), ``k_pos`` (B, Lk) int32/int64 and ``table``
+    (T,) float32 come together. ``causal`` aligns to the end as FlashAttention. Queries that see no key
+    output zeros. Returns (B, Lq, H, Dh) in q's dtype, contiguous.
+    """
+    return torch.ops.restore.calibrated_attention.default(q, k, v, log_size, q_pos, k_pos, table, causal, scale)
+
+
+@torch.library.register_fake("restore::topk_indices")
+def _topk_indices_fake(scores, k):
+    torch._check(scores.dim() == 2, lambda: f"topk_indices: scores must be 2-D (B, N), got {scores.dim()}-D")
+    torch._check(1 <= k, lambda: f"topk_indices: k must be >= 1, got {k}")
+    torch._check(k <= scores.shape[1], lambda: f"topk_indices: k must be <= N = {scores.shape[1]}, got {k}")
+    return scores.new_empty((scores.shape[0], k), dtype=torch.long)
+
+
+@torch.library.register_fake("restore::anchor_merge")
+def _anchor_merge_fake(x, num_anchors, rule="reference"):
+    torch._check(x.dim() == 3, lambda: f"anchor_merge: x must be 3-D (B, N, D), got {x.dim()}-D")
+    torch._check(1 <= num_anchors, lambda: f"anchor_merge: num_anchors must be >= 1, got {num_anchors}")
+    torch._check(num_anchors <= x.shape[1], lambda: f"anchor_merge: num_anchors must be <= N = {x.shape[1]}")
+    b, n, d = x.shape
+    return (
+        x.new_empty((b, num_anchors, d)),
+        x.new_empty((b, num_anchors), dtype=torch.long),
+        x.new_empty((b, n), dtype=torch.long),
+        x.new_empty((b, num_anchors), dtype=torch.long),
+    )
+
+
+@torch.library.register_fake("restore::calibrated_attention")
+def _calibrated_attention_fake(q, k, v, log_size, q_pos, k_pos, table, causal=True, scale=None):
+    torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, lambda: "calibrated_attention: q, k, v must be 4-D")
+    torch._check(q.shape[2] % k.shape[2] == 0, lambda: "calibrated_attention: k's heads must divide q's heads")
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)

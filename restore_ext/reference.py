@@ -1,0 +1,140 @@
+"""The executable form of SPEC.md: float64 pure-PyTorch references of every op.
+
+Plain, obviously-correct formulations (full N x N and Lq x Lk matrices) that the kernels are tested
+against. Floating outputs stay float64 so tests can measure a kernel's error against exact math.
+Not for production use.
+"""
+import math
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+
+def topk_indices(scores: Tensor, k: int) -> Tensor:
+    """SPEC §1. Highest first, ties to the lower index, NaN below -inf; returned in ascending index order."""
+    s = scores.double()
+    nan = torch.isnan(s)
+    s = torch.where(nan, torch.full_like(s, -math.inf), s)
+    # Stable sorts compose: the last sort is the primary key (NaN last), the first the secondary (value
+    # descending); stability keeps index order for full ties.
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices
+    order = order.gather(1, torch.sort(nan.gather(1, order).to(torch.uint8), dim=1, stable=True).indices)
+    return order[:, :k].sort(dim=1).values
+
+
+class AnchorMergeRef(NamedTuple):
+    merged: Tensor
+    size: Tensor
+    assign: Tensor
+    anchors: Tensor
+
+
+def anchor_scores(x: Tensor, rule: str = "reference"):
+    """SPEC §2 steps 1-5 for x (B, N, D): returns (sim, density, nearest, score), float64."""
+    if rule not in ("reference", "dpc"):
+        raise ValueError(f'anchor_merge: rule must be "reference" or "dpc", got "{rule}"')
+    xd = x.double()
+    xn = xd / xd.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sim = xn @ xn.transpose(-1, -2)
+    density = sim.sum(-1)
+    d_i, d_j = density[:, :, None], density[:, None, :]
+    better = d_j < d_i if rule == "reference" else d_j > d_i
+    masked = torch.where(better, sim, torch.full_like(sim, -math.inf)).amax(-1)
+    nearest = torch.where(better.any(-1), masked, torch.zeros_like(masked))
+    score = density * (1 - nearest)
+    return sim, density, nearest, score
+
+
+def anchor_merge(x: Tensor, num_anchors: int, rule: str = "reference") -> AnchorMergeRef:
+    """SPEC §2: distinctive anchors, token -> most similar anchor, plain mean per slot."""
+    b, n, d = x.shape
+    sim, _, _, score = anchor_scores(x, rule)
+    anchors = topk_indices(score, num_anchors)
+    to_anchor = sim.gather(2, anchors[:, None, :].expand(b, n, num_anchors))
+    assign = to_anchor.argmax(-1)  # first maximum: ties to the lower slot
+    assign.scatter_(1, anchors, torch.arange(num_anchors, device=x.device).expand(b, num_anchors))
+    size = torch.zeros(b, num_anchors, dtype=torch.long, device=x.device)
+    size.scatter_add_(1, assign, torch.ones_like(assign))
+    total = torch.zeros(b, num_anchors, d, dtype=torch.float64, device=x.device)
+    total.scatter_add_(1, assign[:, :, None].expand(b, n, d), x.double())
+    merged = total / size[:, :, None]
+    return AnchorMergeRef(merged, size, assign, anchors)
+
+
+class ReducedRef(NamedTuple):
+    tokens: Tensor
+    size: Tensor
+    position: Tensor
+    source: Tensor
+
+
+def restore_reduce(features: Tensor, retained: Tensor, num_out: int, rule: str = "reference") -> ReducedRef:
+    """SPEC §3, one batch row at a time, in the most literal form."""
+    b, n, d = features.shape
+    outs = []
+    for row in range(b):
+        kept = retained[row].tolist()
+        rest = [i for i in range(n) if i not in set(kept)]
+        m = anchor_merge(features[row : row + 1, rest], num_out - len(kept), rule)
+        items = [(i, features[row, i], 1, [i]) for i in kept]  # (position, token, size, members)
+        for s in range(num_out - len(kept)):
+            members = sorted(rest[t] for t in range(len(rest)) if m.assign[0, t] == s)
+            items.append((members[(len(members) - 1) // 2], m.merged[0, s], len(members), members))
+        items.sort(key=lambda it: it[0])
+        source = torch.empty(n, dtype=torch.long)
+        for slot, (_, _, _, members) in enumerate(items):
+            source[members] = slot
+        outs.append(
+            (
+                torch.stack([it[1] for it in items]),
+                torch.tensor([it[2] for it in items]),
+                torch.tensor([it[0] for it in items]),
+                source,
+            )
+        )
+    dev = features.device
+    return ReducedRef(*(torch.stack([o[i] for o in outs]).to(dev) for i in range(4)))
+
+
+def distance_bias_table(max_distance: int, inv_freq: Tensor) -> Tensor:
+    """SPEC §4: table[d] = log(2 - mean_i cos(d * inv_freq[i])), computed in float64, returned float32."""
+    dist = torch.arange(max_distance, dtype=torch.float64)
+    decay = torch.cos(dist[:, None] * inv_freq.double().cpu()[None, :]).mean(-1)
+    return torch.log(2 - decay).float()
+
+
+def calibrated_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_size: Optional[Tensor] = None,
+    q_pos: Optional[Tensor] = None,
+    k_pos: Optional[Tensor] = None,
+    table: Optional[Tensor] = None,
+    causal: bool = True,
+    scale: Optional[float] = None,
+) -> Tensor:
+    """SPEC §5 with the full (B, H, Lq, Lk) logit matrix in float64."""
+    b, lq, h, dh = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(dh) if scale is None else scale
+    qd = q.double().transpose(1, 2)  # (B, H, Lq, Dh)
+    kd = k.double().transpose(1, 2).repeat_interleave(h // hkv, dim=1)
+    vd = v.double().transpose(1, 2).repeat_interleave(h // hkv, dim=1)
+    logit = scale * qd @ kd.transpose(-1, -2)
+    if log_size is not None:
+        logit = logit + log_size.double()[:, None, None, :]
+    if table is not None:
+        dist = (q_pos.long()[:, :, None] - k_pos.long()[:, None, :]).clamp(0, table.shape[0] - 1)
+        logit = logit + table.double()[dist][:, None]
+    if causal:
+        i = torch.arange(lq, device=q.device)[:, None]
+        j = torch.arange(lk, device=q.device)[None, :]
+        logit = logit.masked_fill(j > i + lk - lq, -math.inf)
+    row_max = logit.amax(-1, keepdim=True)
+    seen = torch.isfinite(row_max)
+    weight = torch.exp(logit - torch.where(seen, row_max, torch.zeros_like(row_max)))
+    total = weight.sum(-1, keepdim=True)
+    prob = torch.where(total > 0, weight / total.clamp_min(1e-300), torch.zeros_like(weight))
+    return (prob @ vd).transpose(1, 2).contiguous()
