@@ -1,0 +1,38 @@
+"""Shared test helpers: devices, dtypes, and FlashAttention's tolerance rule."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import restore_ext  # noqa: F401  (registers torch.ops.restore.*)
+
+HAS_CUDA = torch.cuda.is_available()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+# Every op test runs on CPU and, when a GPU is present, on CUDA; CUDA params are skipped with a reason
+# otherwise, so a CPU-only run says how many CUDA checks it did not do.
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU visible")]),
+]
+
+
+def fa_tolerance_check(out, ref64, eager_lowp, floor=1e-6, factor=2.0):
+    """FlashAttention's rule: a kernel's error against the float64 reference is at most `factor` times the
+    error of the same math done by eager PyTorch in the kernel's precision (plus a tiny floor for exact
+    cases). Float32 kernels are held to the float32 eager error the same way."""
+    ref64 = ref64.double()
+    err = (out.double() - ref64).abs().max().item() if out.numel() else 0.0
+    eager_err = (eager_lowp.double() - ref64).abs().max().item() if out.numel() else 0.0
+    assert err <= factor * eager_err + floor, (
+        f"kernel error {err:.3e} exceeds {factor} x eager error {eager_err:.3e} + {floor:.0e}"
+    )
+
+
+def run_isolated(code: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter, so a crash (segfault, abort) fails the test instead of pytest."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout
+    )
