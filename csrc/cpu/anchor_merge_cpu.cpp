@@ -19,7 +19,7 @@ namespace {
 int64_t tile_rows(int64_t n_cols) { return std::max<int64_t>(1, std::min<int64_t>(n_cols, (int64_t{1} << 22) / n_cols)); }
 
 // nearest[i] = max over better j of sim[i, j], or 0 where no j is better (SPEC §2 step 4).
-std::vector<float> nearest_better_similarity(const at::Tensor& xn, const std::vector<double>& density,
+std::vector<float> nearest_better_similarity(const at::Tensor& xn, const std::vector<float>& density,
                                             AnchorRule rule) {
   const int64_t n = xn.size(0);
   std::vector<float> nearest(n);
@@ -110,19 +110,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> anchor_merge_cpu(cons
   at::Tensor assign = at::empty({batch, n}, long_opts);
   at::Tensor anchors = at::empty({batch, num_anchors}, long_opts);
 
-  std::vector<uint64_t> keys(n);
+  std::vector<uint32_t> keys(n);
   std::vector<int64_t> scratch(n);
   for (int64_t b = 0; b < batch; ++b) {
     const at::Tensor xf = x[b].to(at::kFloat).contiguous();
-    const at::Tensor xn = xf / xf.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
-
-    // Density in float64: it is a sum of N similarities, and anchor choice hinges on its exact order.
-    const at::Tensor xn64 = xn.to(at::kDouble);
-    const at::Tensor density_t = at::mv(xn64, xn64.sum(0)).contiguous();
-    const std::vector<double> density(density_t.const_data_ptr<double>(), density_t.const_data_ptr<double>() + n);
+    // Normalisation and density in float64, then rounded to float32 as the reference does: values that are
+    // equal in exact arithmetic (N = 2, mirrored tokens) then compare equal instead of by rounding noise.
+    // O(N*D) work; the O(N^2*D) similarity passes below run in float32.
+    const at::Tensor x64 = xf.to(at::kDouble);
+    const at::Tensor xn64 = x64 / x64.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
+    const at::Tensor xn = xn64.to(at::kFloat);
+    const at::Tensor density_t = at::mv(xn64, xn64.sum(0)).to(at::kFloat).contiguous();
+    const std::vector<float> density(density_t.const_data_ptr<float>(), density_t.const_data_ptr<float>() + n);
 
     const std::vector<float> nearest = nearest_better_similarity(xn, density, rule);
-    for (int64_t i = 0; i < n; ++i) keys[i] = score_key(distinctive_score(density[i], double(nearest[i])));
+    for (int64_t i = 0; i < n; ++i)
+      keys[i] = score_key(static_cast<float>(distinctive_score(double(density[i]), double(nearest[i]))));
 
     int64_t* anchors_b = anchors.data_ptr<int64_t>() + b * num_anchors;
     select_top_k(keys.data(), n, num_anchors, scratch.data(), anchors_b);
