@@ -77,6 +77,11 @@ def divprune_indices(x: Tensor, k: int) -> Tensor:
     return divprune_order(x, k)[0].sort(dim=1).values
 
 
+def uniform_indices(n: int, k: int) -> list:
+    """The "uniform" base selector in plain integers: the centre of each of k equal bins of [0, n)."""
+    return [((2 * i + 1) * n) // (2 * k) for i in range(k)]
+
+
 class AnchorMergeRef(NamedTuple):
     merged: Tensor
     size: Tensor
