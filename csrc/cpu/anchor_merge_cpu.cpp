@@ -1,13 +1,18 @@
 // Distinctive anchor merging on the CPU (SPEC §2). The N x N similarity is never held whole: density is
 // one matrix-vector product (sum_j sim[i,j] = xn_i . sum_j xn_j), and the two passes that need pairwise
-// similarities (nearest better token, token -> anchor) stream it in row tiles through BLAS.
+// similarities (nearest better token, token -> anchor) stream it in tiles through BLAS; the first computes
+// only the half of it that the better-rule can use.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
+#include <numeric>
 #include <vector>
 
+#include "cpu/blas_gemm.h"
+#include "cpu/row_reductions.h"
 #include "cpu/topk_select.h"
 #include "op_checks.h"
 #include "restore/anchor_math.h"
@@ -18,31 +23,52 @@ namespace {
 // Rows per similarity tile: about 16 MiB of float32 scores, whatever N is.
 int64_t tile_rows(int64_t n_cols) { return std::max<int64_t>(1, std::min<int64_t>(n_cols, (int64_t{1} << 22) / n_cols)); }
 
+// Similarity blocks of the nearest-better pass: kRowBlock x kColBlock float32 (256 KiB) stays in L2.
+constexpr int64_t kRowBlock = 64;
+constexpr int64_t kColBlock = 1024;
+
 // nearest[i] = max over better j of sim[i, j], or 0 where no j is better (SPEC §2 step 4).
+// "Better" is a strict order on density, so with the tokens sorted better-first, token i's better tokens
+// are exactly a prefix of that order: only that prefix of its similarity row is computed (half of the
+// N x N products), in cache-sized blocks through BLAS, and reduced by a branch-free row maximum.
 std::vector<float> nearest_better_similarity(const at::Tensor& xn, const std::vector<double>& density,
                                             AnchorRule rule) {
-  const int64_t n = xn.size(0);
+  const int64_t n = xn.size(0), d = xn.size(1);
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return is_better(rule, density[b], density[a]); });
+  // better_count[s]: tokens strictly better than order[s]; they are order[0 .. better_count[s]).
+  std::vector<int64_t> better_count(n, 0);
+  for (int64_t s = 1; s < n; ++s)
+    better_count[s] = is_better(rule, density[order[s]], density[order[s - 1]]) ? s : better_count[s - 1];
+
+  const at::Tensor sorted_xn =
+      xn.index_select(0, at::from_blob(order.data(), {n}, at::TensorOptions().dtype(at::kLong))).contiguous();
+  const float* x = sorted_xn.const_data_ptr<float>();
   std::vector<float> nearest(n);
-  const int64_t rows = tile_rows(n);
-  for (int64_t r0 = 0; r0 < n; r0 += rows) {
-    const int64_t r1 = std::min(n, r0 + rows);
-    const at::Tensor sim = at::mm(xn.slice(0, r0, r1), xn.t()).contiguous();
-    const float* s = sim.const_data_ptr<float>();
-    at::parallel_for(r0, r1, 16, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const float* row = s + (i - r0) * n;
-        float best = -std::numeric_limits<float>::infinity();
-        bool any = false;
-        for (int64_t j = 0; j < n; ++j) {
-          if (is_better(rule, density[i], density[j])) {
-            any = true;
-            best = std::max(best, row[j]);
-          }
+  const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
+  // Late blocks have long prefixes: interleave first and last blocks so each thread's share is balanced.
+  auto block_at = [blocks](int64_t q) { return q % 2 == 0 ? q / 2 : blocks - 1 - q / 2; };
+  at::parallel_for(0, blocks, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<float> sim(kRowBlock * kColBlock);
+    float best[kRowBlock];
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t r0 = block_at(q) * kRowBlock, rows = std::min(kRowBlock, n - r0);
+      std::fill(best, best + rows, -std::numeric_limits<float>::infinity());
+      const int64_t needed = better_count[r0 + rows - 1];  // the longest prefix in the block
+      for (int64_t c0 = 0; c0 < needed; c0 += kColBlock) {
+        const int64_t cols = std::min(kColBlock, needed - c0);
+        // Row-major sim (rows x cols) is column-major sim^T = X[c0:] (cols x d) . X[r0:]^T.
+        sgemm_colmajor(true, false, cols, rows, d, 1.f, x + c0 * d, d, x + r0 * d, d, 0.f, sim.data(), cols);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t limit = std::min(cols, better_count[r0 + r] - c0);
+          if (limit > 0) best[r] = std::max(best[r], row_max(sim.data() + r * cols, limit));
         }
-        nearest[i] = any ? best : 0.f;
       }
-    });
-  }
+      for (int64_t r = 0; r < rows; ++r) nearest[order[r0 + r]] = better_count[r0 + r] > 0 ? best[r] : 0.f;
+    }
+  });
   return nearest;
 }
 

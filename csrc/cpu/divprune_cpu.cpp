@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/blas_gemm.h"
+#include "cpu/row_reductions.h"
 #include "op_checks.h"
 #include "restore/divprune_math.h"
 
@@ -22,31 +23,10 @@ namespace {
 constexpr int64_t kRowBlock = 64;
 constexpr int64_t kColBlock = 1024;
 
-// A dot product with a fixed summation order, symmetric in (a, b): duplicate tokens get bit-identical
-// similarities, so exact ties are decided by index as the contract says, not by BLAS's rounding.
-inline float dot(const float* a, const float* b, int64_t d) {
-  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  int64_t c = 0;
-  for (; c + 8 <= d; c += 8)
-    for (int l = 0; l < 8; ++l) acc[l] += a[c + l] * b[c + l];
-  for (int l = 0; c + l < d; ++l) acc[l] += a[c + l] * b[c + l];
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
-inline float row_max(const float* v, int64_t n) {
-  float acc[8];
-  std::fill(acc, acc + 8, -std::numeric_limits<float>::infinity());
-  int64_t c = 0;
-  for (; c + 8 <= n; c += 8)
-    for (int l = 0; l < 8; ++l) acc[l] = acc[l] > v[c + l] ? acc[l] : v[c + l];
-  for (int l = 0; c + l < n; ++l) acc[l] = std::max(acc[l], v[c + l]);
-  return *std::max_element(acc, acc + 8);
-}
-
 float nearest_other_exact(const float* xn, int64_t n, int64_t d, int64_t i) {
   float best = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < n; ++j)
-    if (j != i) best = std::max(best, dot(xn + i * d, xn + j * d, d));
+    if (j != i) best = std::max(best, dot_fixed_order(xn + i * d, xn + j * d, d));
   return best;
 }
 
@@ -107,7 +87,7 @@ void divprune_row(const at::Tensor& xn, int64_t k, int64_t* out) {
       auto& best = best_of[at::get_thread_num()];
       for (int64_t i = i0; i < i1; ++i) {
         if (near[i] == kDivPruneChosen) continue;
-        near[i] = std::max(near[i], dot(x + i * d, x + c * d, d));
+        near[i] = std::max(near[i], dot_fixed_order(x + i * d, x + c * d, d));
         if (divprune_before(near[i], i, best.first, best.second)) best = {near[i], i};
       }
     });
