@@ -1,18 +1,14 @@
 // Distinctive anchor merging on the CPU (SPEC §2). The N x N similarity is never held whole: density is
 // one matrix-vector product (sum_j sim[i,j] = xn_i . sum_j xn_j), and the two passes that need pairwise
-// similarities (nearest better token, token -> anchor) stream it in tiles through BLAS; the first computes
-// only the half of it that the better-rule can use.
+// similarities (nearest better token, token -> anchor) stream it in tiles through BLAS.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <limits>
-#include <numeric>
 #include <vector>
 
 #include "cpu/blas_gemm.h"
-#include "cpu/row_reductions.h"
 #include "cpu/topk_select.h"
 #include "op_checks.h"
 #include "restore/anchor_math.h"
@@ -23,52 +19,49 @@ namespace {
 // Rows per similarity tile: about 16 MiB of float32 scores, whatever N is.
 int64_t tile_rows(int64_t n_cols) { return std::max<int64_t>(1, std::min<int64_t>(n_cols, (int64_t{1} << 22) / n_cols)); }
 
-// Similarity blocks of the nearest-better pass: kRowBlock x kColBlock float32 (256 KiB) stays in L2.
-constexpr int64_t kRowBlock = 64;
-constexpr int64_t kColBlock = 1024;
-
 // nearest[i] = max over better j of sim[i, j], or 0 where no j is better (SPEC §2 step 4).
-// "Better" is a strict order on density, so with the tokens sorted better-first, token i's better tokens
-// are exactly a prefix of that order: only that prefix of its similarity row is computed (half of the
-// N x N products), in cache-sized blocks through BLAS, and reduced by a branch-free row maximum.
-std::vector<float> nearest_better_similarity(const at::Tensor& xn, const std::vector<double>& density,
+// sim is symmetric, so only tile pairs (I, J >= I) are computed: one product serves row i's maximum over J
+// and row j's maximum over I, halving the O(N^2 D) work. Each thread keeps its own maxima (no atomics);
+// they are combined at the end.
+std::vector<float> nearest_better_similarity(const at::Tensor& xn, const std::vector<float>& density,
                                             AnchorRule rule) {
+  constexpr int64_t kTile = 256;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
   const int64_t n = xn.size(0), d = xn.size(1);
-  std::vector<int64_t> order(n);
-  std::iota(order.begin(), order.end(), int64_t{0});
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int64_t a, int64_t b) { return is_better(rule, density[b], density[a]); });
-  // better_count[s]: tokens strictly better than order[s]; they are order[0 .. better_count[s]).
-  std::vector<int64_t> better_count(n, 0);
-  for (int64_t s = 1; s < n; ++s)
-    better_count[s] = is_better(rule, density[order[s]], density[order[s - 1]]) ? s : better_count[s - 1];
+  const float* x = xn.const_data_ptr<float>();
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  for (int64_t ti = 0; ti < tiles; ++ti)
+    for (int64_t tj = ti; tj < tiles; ++tj) pairs.emplace_back(ti, tj);
 
-  const at::Tensor sorted_xn =
-      xn.index_select(0, at::from_blob(order.data(), {n}, at::TensorOptions().dtype(at::kLong))).contiguous();
-  const float* x = sorted_xn.const_data_ptr<float>();
-  std::vector<float> nearest(n);
-  const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
-  // Late blocks have long prefixes: interleave first and last blocks so each thread's share is balanced.
-  auto block_at = [blocks](int64_t q) { return q % 2 == 0 ? q / 2 : blocks - 1 - q / 2; };
-  at::parallel_for(0, blocks, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<float> sim(kRowBlock * kColBlock);
-    float best[kRowBlock];
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t r0 = block_at(q) * kRowBlock, rows = std::min(kRowBlock, n - r0);
-      std::fill(best, best + rows, -std::numeric_limits<float>::infinity());
-      const int64_t needed = better_count[r0 + rows - 1];  // the longest prefix in the block
-      for (int64_t c0 = 0; c0 < needed; c0 += kColBlock) {
-        const int64_t cols = std::min(kColBlock, needed - c0);
-        // Row-major sim (rows x cols) is column-major sim^T = X[c0:] (cols x d) . X[r0:]^T.
-        sgemm_colmajor(true, false, cols, rows, d, 1.f, x + c0 * d, d, x + r0 * d, d, 0.f, sim.data(), cols);
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t limit = std::min(cols, better_count[r0 + r] - c0);
-          if (limit > 0) best[r] = std::max(best[r], row_max(sim.data() + r * cols, limit));
+  const int64_t threads = at::get_num_threads();
+  std::vector<float> partial(threads * n, neg_inf);
+  at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t p0, int64_t p1) {
+    float* best = partial.data() + at::get_thread_num() * n;
+    std::vector<float> sim(kTile * kTile);
+    for (int64_t p = p0; p < p1; ++p) {
+      const auto [ti, tj] = pairs[p];
+      const int64_t i0 = ti * kTile, ni = std::min(kTile, n - i0);
+      const int64_t j0 = tj * kTile, nj = std::min(kTile, n - j0);
+      // sim (ni x nj, row-major) = X_I X_J^T
+      sgemm_colmajor(true, false, nj, ni, d, 1.f, x + j0 * d, d, x + i0 * d, d, 0.f, sim.data(), nj);
+      for (int64_t r = 0; r < ni; ++r) {
+        const int64_t i = i0 + r;
+        const float* row = sim.data() + r * nj;
+        float best_i = best[i];
+        for (int64_t c = 0; c < nj; ++c) {
+          const int64_t j = j0 + c;
+          if (is_better(rule, density[i], density[j])) best_i = std::max(best_i, row[c]);
+          if (ti != tj && is_better(rule, density[j], density[i])) best[j] = std::max(best[j], row[c]);
         }
+        best[i] = best_i;
       }
-      for (int64_t r = 0; r < rows; ++r) nearest[order[r0 + r]] = better_count[r0 + r] > 0 ? best[r] : 0.f;
     }
   });
+  std::vector<float> nearest(n, neg_inf);
+  for (int64_t t = 0; t < threads; ++t)
+    for (int64_t i = 0; i < n; ++i) nearest[i] = std::max(nearest[i], partial[t * n + i]);
+  for (float& v : nearest) v = v == neg_inf ? 0.f : v;  // similarities are finite: -inf means no better token
   return nearest;
 }
 
@@ -136,19 +129,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> anchor_merge_cpu(cons
   at::Tensor assign = at::empty({batch, n}, long_opts);
   at::Tensor anchors = at::empty({batch, num_anchors}, long_opts);
 
-  std::vector<uint64_t> keys(n);
+  std::vector<uint32_t> keys(n);
   std::vector<int64_t> scratch(n);
   for (int64_t b = 0; b < batch; ++b) {
     const at::Tensor xf = x[b].to(at::kFloat).contiguous();
-    const at::Tensor xn = xf / xf.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
-
-    // Density in float64: it is a sum of N similarities, and anchor choice hinges on its exact order.
-    const at::Tensor xn64 = xn.to(at::kDouble);
-    const at::Tensor density_t = at::mv(xn64, xn64.sum(0)).contiguous();
-    const std::vector<double> density(density_t.const_data_ptr<double>(), density_t.const_data_ptr<double>() + n);
+    // Normalisation and density in float64, then rounded to float32 as the reference does: values that are
+    // equal in exact arithmetic (N = 2, mirrored tokens) then compare equal instead of by rounding noise.
+    // O(N*D) work; the O(N^2*D) similarity passes below run in float32.
+    const at::Tensor x64 = xf.to(at::kDouble);
+    const at::Tensor xn64 = x64 / x64.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
+    const at::Tensor xn = xn64.to(at::kFloat);
+    const at::Tensor density_t = at::mv(xn64, xn64.sum(0)).to(at::kFloat).contiguous();
+    const std::vector<float> density(density_t.const_data_ptr<float>(), density_t.const_data_ptr<float>() + n);
 
     const std::vector<float> nearest = nearest_better_similarity(xn, density, rule);
-    for (int64_t i = 0; i < n; ++i) keys[i] = score_key(distinctive_score(density[i], double(nearest[i])));
+    for (int64_t i = 0; i < n; ++i)
+      keys[i] = score_key(static_cast<float>(distinctive_score(double(density[i]), double(nearest[i]))));
 
     int64_t* anchors_b = anchors.data_ptr<int64_t>() + b * num_anchors;
     select_top_k(keys.data(), n, num_anchors, scratch.data(), anchors_b);

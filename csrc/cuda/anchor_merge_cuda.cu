@@ -1,7 +1,8 @@
 // anchor_merge on the GPU (SPEC §2), a handful of launches on the current stream and no host sync:
-//   normalise (ATen) -> density_i = xn_i . sum_j xn_j in float64 (one warp per token) -> nearest better
-//   similarity (fused tiled kernel, never N x N) -> top-K of the float64 score by radix select (one block per
-//   row) -> token -> anchor argmax (fused tiled kernel) -> per-slot sizes and float32 segmented means.
+//   normalise, column sums and density_i = xn_i . sum_j xn_j in float64, density rounded to float32 (as the
+//   CPU kernel and the reference) -> nearest better similarity (fused tiled kernel, never N x N) -> top-K of
+//   the float32-rounded score by radix select (one block per row) -> token -> anchor argmax (fused tiled
+//   kernel) -> per-slot sizes and float32 segmented means.
 // The ranking, the better-rule and the score formula are restore/topk_order.h and restore/anchor_math.h,
 // the very code the CPU kernel runs.
 #include <ATen/ATen.h>
@@ -24,26 +25,59 @@ constexpr int kDensityThreads = 256;
 constexpr int kTopkThreads = 512;
 constexpr int kMeanThreads = 256;
 
-// density[b, i] = sum_d xn[b, i, d] * colsum[b, d], float64, one warp per token (fixed summation order).
+// Normalisation and density follow the CPU kernel and the reference: float64 math, then density rounded to
+// float32 before any decision, so values equal in exact arithmetic (N = 2, mirrored tokens) compare equal.
+// denom[b, i] = max(||x_i||, 1e-12) in float64 and xn = float(x / denom); one warp per token.
 __global__ void __launch_bounds__(kDensityThreads)
-    density_kernel(const float* __restrict__ xn, const double* __restrict__ colsum, int64_t batch, int64_t n,
-                   int64_t d, double* __restrict__ density) {
+    normalise_kernel(const float* __restrict__ xf, int64_t tokens, int64_t d, double* __restrict__ denom,
+                     float* __restrict__ xn) {
   const int64_t token = (static_cast<int64_t>(blockIdx.x) * kDensityThreads + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
-  if (token >= batch * n) return;  // whole warps leave together: token is uniform within a warp
-  const int64_t b = token / n;
-  const float* row = xn + token * d;
-  const double* cs = colsum + b * d;
+  if (token >= tokens) return;  // whole warps leave together: token is uniform within a warp
+  const float* row = xf + token * d;
   double acc = 0.0;
-  for (int64_t c = lane; c < d; c += kWarp) acc += static_cast<double>(row[c]) * cs[c];
+  for (int64_t c = lane; c < d; c += kWarp) acc += static_cast<double>(row[c]) * row[c];
   for (int mask = kWarp / 2; mask >= 1; mask >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, mask);
-  if (lane == 0) density[token] = acc;
+  const double den = fmax(sqrt(acc), 1e-12);
+  for (int64_t c = lane; c < d; c += kWarp) xn[token * d + c] = static_cast<float>(row[c] / den);
+  if (lane == 0) denom[token] = den;
+}
+
+// colsum[b, c] = sum_i x[b, i, c] / denom[b, i] in float64, tokens in ascending order. Grid (ceil(D/256), B).
+__global__ void __launch_bounds__(kDensityThreads)
+    colsum_kernel(const float* __restrict__ xf, const double* __restrict__ denom, int64_t n, int64_t d,
+                  double* __restrict__ colsum) {
+  const int64_t b = blockIdx.y, c = static_cast<int64_t>(blockIdx.x) * kDensityThreads + threadIdx.x;
+  if (c >= d) return;
+  const float* x = xf + b * n * d + c;
+  const double* den = denom + b * n;
+  double acc = 0.0;
+  for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(x[i * d]) / den[i];
+  colsum[b * d + c] = acc;
+}
+
+// density[b, i] = float(sum_c (x[b, i, c] / denom[b, i]) * colsum[b, c]): SPEC §2 step 2 via
+// sum_j sim[i, j] = xn_i . sum_j xn_j, O(N * D). One warp per token.
+__global__ void __launch_bounds__(kDensityThreads)
+    density_kernel(const float* __restrict__ xf, const double* __restrict__ denom, const double* __restrict__ colsum,
+                   int64_t batch, int64_t n, int64_t d, float* __restrict__ density) {
+  const int64_t token = (static_cast<int64_t>(blockIdx.x) * kDensityThreads + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (token >= batch * n) return;
+  const int64_t b = token / n;
+  const float* row = xf + token * d;
+  const double* cs = colsum + b * d;
+  const double den = denom[token];
+  double acc = 0.0;
+  for (int64_t c = lane; c < d; c += kWarp) acc += (static_cast<double>(row[c]) / den) * cs[c];
+  for (int mask = kWarp / 2; mask >= 1; mask >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, mask);
+  if (lane == 0) density[token] = static_cast<float>(acc);
 }
 
 // SPEC §2 step 4: nearest[i] = max over better j of sim[i, j], 0 where no j is better.
 struct NearestBetterEpilogue {
   using State = float;
-  const double* density;  // (B, N)
+  const float* density;  // (B, N)
   int64_t n;
   AnchorRule rule;
   float* nearest;  // (B, N)
@@ -72,32 +106,33 @@ struct AssignEpilogue {
   __device__ void finish(int64_t b, int64_t i, State s) const { assign[b * n + i] = s.index; }
 };
 
-__device__ __forceinline__ uint64_t anchor_key(const double* density, const float* nearest, int64_t i) {
-  return score_key(distinctive_score(density[i], static_cast<double>(nearest[i])));
+__device__ __forceinline__ uint32_t anchor_key(const float* density, const float* nearest, int64_t i) {
+  return score_key(static_cast<float>(
+      distinctive_score(static_cast<double>(density[i]), static_cast<double>(nearest[i]))));
 }
 
-// SPEC §2 step 6, one block per row: radix select of the K-th best 64-bit score key (8-bit digits), then one
-// pass in index order keeps every key above it and the lowest-index keys equal to it (ascending output,
-// ties to the lower index). Same scheme as topk_indices_cuda.cu, on the float64 score the CPU ranks.
+// SPEC §2 step 6, one block per row: radix select of the K-th best score key (8-bit digits), then one pass
+// in index order keeps every key above it and the lowest-index keys equal to it (ascending output, ties to
+// the lower index). Same scheme as topk_indices_cuda.cu, on the float32-rounded score the CPU ranks.
 __global__ void __launch_bounds__(kTopkThreads)
-    anchor_topk_kernel(const double* __restrict__ density, const float* __restrict__ nearest, int64_t n,
+    anchor_topk_kernel(const float* __restrict__ density, const float* __restrict__ nearest, int64_t n,
                        int64_t k, int64_t* __restrict__ anchors) {
   using BlockScan = cub::BlockScan<int, kTopkThreads>;
   __shared__ typename BlockScan::TempStorage scan_storage;
   __shared__ unsigned int hist[256];
-  __shared__ uint64_t chosen_prefix;
+  __shared__ uint32_t chosen_prefix;
   __shared__ int64_t chosen_remaining;
-  const double* dens = density + static_cast<int64_t>(blockIdx.x) * n;
+  const float* dens = density + static_cast<int64_t>(blockIdx.x) * n;
   const float* near = nearest + static_cast<int64_t>(blockIdx.x) * n;
   int64_t* out = anchors + static_cast<int64_t>(blockIdx.x) * k;
 
-  uint64_t prefix = 0, mask = 0;
+  uint32_t prefix = 0, mask = 0;
   int64_t remaining = k;
-  for (int shift = 56; shift >= 0; shift -= 8) {
+  for (int shift = 24; shift >= 0; shift -= 8) {
     for (int dgt = threadIdx.x; dgt < 256; dgt += kTopkThreads) hist[dgt] = 0;
     __syncthreads();
     for (int64_t i = threadIdx.x; i < n; i += kTopkThreads) {
-      const uint64_t key = anchor_key(dens, near, i);
+      const uint32_t key = anchor_key(dens, near, i);
       if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1u);
     }
     __syncthreads();
@@ -105,22 +140,22 @@ __global__ void __launch_bounds__(kTopkThreads)
       int64_t rem = remaining;
       int digit = 255;
       for (; digit > 0 && hist[digit] < rem; --digit) rem -= hist[digit];
-      chosen_prefix = prefix | (static_cast<uint64_t>(digit) << shift);
+      chosen_prefix = prefix | (static_cast<uint32_t>(digit) << shift);
       chosen_remaining = rem;
     }
     __syncthreads();
     prefix = chosen_prefix;
     remaining = chosen_remaining;
-    mask |= uint64_t{0xff} << shift;
+    mask |= 0xffu << shift;
     __syncthreads();  // chosen_* are rewritten by the next pass
   }
-  const uint64_t threshold = prefix;
+  const uint32_t threshold = prefix;
 
   int64_t equal_seen = 0, written = 0;
   for (int64_t base = 0; base < n && written < k; base += kTopkThreads) {
     const int64_t i = base + threadIdx.x;
     const bool valid = i < n;
-    const uint64_t key = valid ? anchor_key(dens, near, i) : 0u;
+    const uint32_t key = valid ? anchor_key(dens, near, i) : 0u;
     const int is_equal = valid && key == threshold;
     int equal_rank, equal_total;
     BlockScan(scan_storage).ExclusiveSum(is_equal, equal_rank, equal_total);
@@ -172,23 +207,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> anchor_merge_cuda(con
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   const at::Tensor xf = x.to(at::kFloat).contiguous();
-  const at::Tensor xn = (xf / xf.norm(2, {2}, /*keepdim=*/true).clamp_min(1e-12)).contiguous();
-  const at::Tensor colsum = at::sum(xn, {1}, /*keepdim=*/false, at::kDouble).contiguous();
-  at::Tensor density = at::empty({batch, n}, x.options().dtype(at::kDouble));
+  const auto f64 = x.options().dtype(at::kDouble);
+  at::Tensor denom = at::empty({batch, n}, f64);
+  at::Tensor xn = at::empty({batch, n, d}, x.options().dtype(at::kFloat));
   const int64_t warps_per_block = kDensityThreads / kWarp;
-  density_kernel<<<static_cast<unsigned>((batch * n + warps_per_block - 1) / warps_per_block), kDensityThreads, 0,
-                   stream>>>(xn.const_data_ptr<float>(), colsum.const_data_ptr<double>(), batch, n, d,
-                             density.data_ptr<double>());
+  const unsigned token_blocks = static_cast<unsigned>((batch * n + warps_per_block - 1) / warps_per_block);
+  normalise_kernel<<<token_blocks, kDensityThreads, 0, stream>>>(xf.const_data_ptr<float>(), batch * n, d,
+                                                                  denom.data_ptr<double>(), xn.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  at::Tensor colsum = at::empty({batch, d}, f64);
+  colsum_kernel<<<dim3(static_cast<unsigned>((d + kDensityThreads - 1) / kDensityThreads), batch), kDensityThreads,
+                  0, stream>>>(xf.const_data_ptr<float>(), denom.const_data_ptr<double>(), n, d,
+                               colsum.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  at::Tensor density = at::empty({batch, n}, x.options().dtype(at::kFloat));
+  density_kernel<<<token_blocks, kDensityThreads, 0, stream>>>(xf.const_data_ptr<float>(),
+                                                                denom.const_data_ptr<double>(),
+                                                                colsum.const_data_ptr<double>(), batch, n, d,
+                                                                density.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   at::Tensor nearest = at::empty({batch, n}, x.options().dtype(at::kFloat));
   row_reduce_similarity_kernel<<<similarity_grid(batch, n), kSimThreads, 0, stream>>>(
       xn.const_data_ptr<float>(), n, xn.const_data_ptr<float>(), n, d,
-      NearestBetterEpilogue{density.const_data_ptr<double>(), n, rule, nearest.data_ptr<float>()});
+      NearestBetterEpilogue{density.const_data_ptr<float>(), n, rule, nearest.data_ptr<float>()});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   anchor_topk_kernel<<<static_cast<unsigned>(batch), kTopkThreads, 0, stream>>>(
-      density.const_data_ptr<double>(), nearest.const_data_ptr<float>(), n, k, anchors.data_ptr<int64_t>());
+      density.const_data_ptr<float>(), nearest.const_data_ptr<float>(), n, k, anchors.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   const at::Tensor anchor_xn = xn.gather(1, anchors.unsqueeze(-1).expand({batch, k, d})).contiguous();
