@@ -1,6 +1,6 @@
 // DivPrune selection on the CPU (contract: restore_ext.reference.divprune_indices). Memory is O(N * D) per
-// row: the first pick's nearest-other similarity streams the N x N similarity in cache-sized blocks through
-// BLAS, and
+// row: the first pick's nearest-other similarity streams the N x N similarity in symmetric cache-sized tiles
+// through BLAS (half the products), and
 // each greedy step is one matrix-vector product against the newly chosen token, folded into a running
 // per-token maximum similarity to the chosen set.
 #include <ATen/ATen.h>
@@ -19,9 +19,8 @@
 namespace restore {
 namespace {
 
-// The first pick's similarity blocks: kRowBlock x kColBlock float32 (256 KiB) stays in a core's L2 cache.
-constexpr int64_t kRowBlock = 64;
-constexpr int64_t kColBlock = 1024;
+// Tile edge of the first pick's similarity blocks: 256 x 256 float32 (256 KiB) stays in a core's L2 cache.
+constexpr int64_t kTile = 256;
 
 float nearest_other_exact(const float* xn, int64_t n, int64_t d, int64_t i) {
   float best = -std::numeric_limits<float>::infinity();
@@ -30,31 +29,43 @@ float nearest_other_exact(const float* xn, int64_t n, int64_t d, int64_t i) {
   return best;
 }
 
-// The first pick: the token whose nearest other token is farthest. Cache-sized BLAS blocks find it up to rounding; the
-// tokens within `kSlack` of the best are then re-scored with the fixed-order dot, so ties are exact.
+// The first pick: the token whose nearest other token is farthest. Symmetric cache-sized BLAS tiles find it up
+// to rounding; the tokens within `kSlack` of the best are then re-scored with the fixed-order dot, so ties
+// are exact.
 int64_t first_pick(const at::Tensor& xn) {
   const int64_t n = xn.size(0), d = xn.size(1);
   if (n == 1) return 0;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
   const float* x = xn.const_data_ptr<float>();
-  std::vector<float> nearest(n);
-  at::parallel_for(0, (n + kRowBlock - 1) / kRowBlock, 1, [&](int64_t blk0, int64_t blk1) {
-    std::vector<float> sim(kRowBlock * kColBlock);
-    for (int64_t r0 = blk0 * kRowBlock; r0 < std::min(n, blk1 * kRowBlock); r0 += kRowBlock) {
-      const int64_t rows = std::min(kRowBlock, n - r0);
-      std::fill(nearest.begin() + r0, nearest.begin() + r0 + rows, -std::numeric_limits<float>::infinity());
-      for (int64_t c0 = 0; c0 < n; c0 += kColBlock) {
-        const int64_t cols = std::min(kColBlock, n - c0);
-        // Row-major sim (rows x cols) is column-major sim^T = X[c0:] (cols x d) . X[r0:]^T.
-        sgemm_colmajor(true, false, cols, rows, d, 1.f, x + c0 * d, d, x + r0 * d, d, 0.f, sim.data(), cols);
-        for (int64_t r = 0; r < rows; ++r) {
-          float* row = sim.data() + r * cols;
-          const int64_t self = r0 + r - c0;
-          if (self >= 0 && self < cols) row[self] = -std::numeric_limits<float>::infinity();
-          nearest[r0 + r] = std::max(nearest[r0 + r], row_max(row, cols));
-        }
+  // sim is symmetric: only tile pairs (I, J >= I) are computed, each serving the row maxima of I over J and of
+  // J over I (half the O(N^2 D) work). Each thread keeps its own maxima, combined at the end.
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  for (int64_t ti = 0; ti < tiles; ++ti)
+    for (int64_t tj = ti; tj < tiles; ++tj) pairs.emplace_back(ti, tj);
+  const int64_t threads = at::get_num_threads();
+  std::vector<float> partial(threads * n, neg_inf);
+  at::parallel_for(0, int64_t(pairs.size()), 1, [&](int64_t p0, int64_t p1) {
+    float* best = partial.data() + at::get_thread_num() * n;
+    std::vector<float> sim(kTile * kTile);
+    for (int64_t p = p0; p < p1; ++p) {
+      const auto [ti, tj] = pairs[p];
+      const int64_t i0 = ti * kTile, ni = std::min(kTile, n - i0);
+      const int64_t j0 = tj * kTile, nj = std::min(kTile, n - j0);
+      // Row-major sim (ni x nj) is column-major sim^T = X_J (nj x d) . X_I^T.
+      sgemm_colmajor(true, false, nj, ni, d, 1.f, x + j0 * d, d, x + i0 * d, d, 0.f, sim.data(), nj);
+      for (int64_t r = 0; r < ni; ++r) {
+        float* row = sim.data() + r * nj;
+        if (ti == tj) row[r] = neg_inf;  // j != i
+        best[i0 + r] = std::max(best[i0 + r], row_max(row, nj));
+        if (ti != tj)
+          for (int64_t c = 0; c < nj; ++c) best[j0 + c] = best[j0 + c] > row[c] ? best[j0 + c] : row[c];
       }
     }
   });
+  std::vector<float> nearest(partial.begin(), partial.begin() + n);
+  for (int64_t t = 1; t < threads; ++t)
+    for (int64_t i = 0; i < n; ++i) nearest[i] = std::max(nearest[i], partial[t * n + i]);
   constexpr float kSlack = 1e-4f;  // far above float32 GEMM rounding of unit-vector dot products
   const float lowest = *std::min_element(nearest.begin(), nearest.end());
   std::vector<int64_t> candidates;
