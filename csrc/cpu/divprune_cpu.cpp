@@ -1,8 +1,7 @@
 // DivPrune selection on the CPU (contract: restore_ext.reference.divprune_indices). Memory is O(N * D) per
 // row: the first pick's nearest-other similarity streams the N x N similarity in symmetric cache-sized tiles
-// through BLAS (half the products), and
-// each greedy step is one matrix-vector product against the newly chosen token, folded into a running
-// per-token maximum similarity to the chosen set.
+// through BLAS (half the products), and each greedy step is one matrix-vector product against the newly
+// chosen token, folded into a running per-token maximum similarity to the chosen set.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
