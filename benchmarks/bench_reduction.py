@@ -117,7 +117,7 @@ def median_ms(fn, device, min_run_time):
 
 def cases(device, quick):
     if quick:  # about a minute on 2 CPU cores
-        shapes = [(1, 576, 1024, 64), (1, 576, 1024, 192), (1, 2880, 1024, 192)]
+        shapes = [(1, 576, 1024, 64), (1, 576, 1024, 192), (8, 576, 1024, 64), (1, 2880, 1024, 192)]
     else:
         shapes = [(b, n, d, o) for b in (1, 8) for n in (576, 2880, 16384) for d in (1024, 4096) for o in (64, 192)]
     for b, n, d, out in shapes:
@@ -134,7 +134,7 @@ def cases(device, quick):
         yield "restore_reduce", shape, (lambda: restore_ext.restore_reduce(x, retained, out)), {
             "authors": None if big else (lambda: authors_restore_reduce(x, retained, out)),
         }
-        slow_loop = device == "cpu" and (n > 2880 or b > 1)
+        slow_loop = device == "cpu" and (n > 2880 or b * n > 4608)
         yield "divprune_indices", shape, (lambda: restore_ext.divprune_indices(x, r)), {
             "authors loop": None if big or slow_loop else (lambda: authors_divprune(x, r)),
         }

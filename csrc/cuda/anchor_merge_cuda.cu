@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(kMeanThreads)
   const float* x = xf + b * n * d + c;
   float acc = 0.f;
   for (int64_t m = 0; m < count; ++m) acc += x[mem[m] * d];
-  merged[(b * k + slot) * d + c] = static_cast<scalar_t>(acc / static_cast<float>(count));
+  merged[(b * k + slot) * d + c] = static_cast<scalar_t>(acc * (1.f / static_cast<float>(count)));  // as the CPU
 }
 
 }  // namespace
