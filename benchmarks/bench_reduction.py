@@ -159,10 +159,10 @@ def main():
         t = median_ms(ours, args.device, min_run)
         for name, fn in peers.items():
             if fn is None:
-                print(f"| {op:<17} | {shape:<27} | {t:9.2f} | {name:<16} | {'skipped':>9} | {'':>6} |")
+                print(f"| {op:<17} | {shape:<27} | {t:9.3f} | {name:<16} | {'skipped':>9} | {'':>6} |")
                 continue
             tp = median_ms(fn, args.device, min_run)
-            print(f"| {op:<17} | {shape:<27} | {t:9.2f} | {name:<16} | {tp:9.2f} | {tp / t:6.2f} |", flush=True)
+            print(f"| {op:<17} | {shape:<27} | {t:9.3f} | {name:<16} | {tp:9.3f} | {tp / t:6.2f} |", flush=True)
 
 
 if __name__ == "__main__":
