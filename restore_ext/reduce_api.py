@@ -5,7 +5,7 @@ from typing import Optional, Union
 from torch import Tensor
 
 from .reduce import Reduced, restore_reduce
-from .select import BASE_SELECTORS, Selector, select
+from .select import BASE_SELECTORS, Selector, _as_int, select
 
 
 def kept_count(num_tokens: int, keep_ratio: float) -> int:
@@ -37,10 +37,11 @@ def reduce(
         shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
         raise ValueError(f"reduce: features must be 3-D (B, N, D), got {shape}")
     n = features.shape[1]
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or not 2 <= num_tokens <= n:
+    given, num_tokens = num_tokens, _as_int(num_tokens)
+    if num_tokens is None or not 2 <= num_tokens <= n:
         raise ValueError(
             f"reduce: num_tokens must be an int with 2 <= num_tokens <= N = {n} (one kept and one merged token "
-            f"at least), got {num_tokens!r}"
+            f"at least), got {given!r}"
         )
     if not isinstance(keep_ratio, (int, float)) or not 0.0 <= keep_ratio <= 1.0:
         raise ValueError(f"reduce: keep_ratio must be a number in [0, 1], got {keep_ratio!r}")

@@ -15,6 +15,7 @@ and in ascending order per row. Registered names (:data:`BASE_SELECTORS`):
 ``base`` may also be a callable ``base(features, k) -> Tensor`` (B, k) of integer indices; its output is
 checked (shape, integer dtype, device, range, distinctness) and returned as int64 in ascending order.
 """
+import operator
 from typing import Callable, Dict, Optional, Union
 
 import torch
@@ -80,6 +81,16 @@ def _check_custom_output(name: str, idx, b: int, n: int, k: int, device) -> Tens
     return idx
 
 
+def _as_int(v) -> Optional[int]:
+    """v as a Python int if it is an integer (int, numpy or 0-d integer tensor; not bool), else None."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
+
+
 def select(
     features: Tensor, k: int, base: Union[str, Selector] = "divprune", scores: Optional[Tensor] = None
 ) -> Tensor:
@@ -93,8 +104,9 @@ def select(
         shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
         raise ValueError(f"select: features must be 3-D (B, N, D), got {shape}")
     b, n = features.shape[0], features.shape[1]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"select: k must be an int with 1 <= k <= N = {n}, got {k!r}")
+    given, k = k, _as_int(k)
+    if k is None or not 1 <= k <= n:
+        raise ValueError(f"select: k must be an int with 1 <= k <= N = {n}, got {given!r}")
     if callable(base):
         name = getattr(base, "__name__", repr(base))
         return _check_custom_output(name, base(features, k), b, n, k, features.device)

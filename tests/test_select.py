@@ -188,3 +188,6 @@ def test_select_errors():
         select(x, 21, "uniform")
     with pytest.raises(ValueError, match="features must be 3-D"):
         select(x[0], 3)
+    with pytest.raises(ValueError, match="got 2.5"):
+        select(x, 2.5)
+    assert select(x, torch.tensor(3), "uniform").tolist() == [reference.uniform_indices(20, 3)] * 2
