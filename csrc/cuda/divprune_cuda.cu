@@ -24,7 +24,7 @@ namespace cg = cooperative_groups;
 constexpr int kWarp = 32;
 constexpr int kGreedyThreads = 512;
 constexpr int64_t kOnChipTokens = 12000;  // 47 KiB of float + the static scratch: under the 48 KiB default
-constexpr int64_t kMinTokensPerBlock = 256;
+constexpr int64_t kMinTokensPerBlock = 64;  // 4 tokens per warp per step: spread a row over many SMs
 
 // Nearest-other similarity: near_first[b, i] = max_{j != i} sim[i, j] (-inf when N == 1).
 struct NearestOtherEpilogue {
