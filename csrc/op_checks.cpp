@@ -28,6 +28,17 @@ void check_topk_indices_args(const at::Tensor& scores, int64_t k) {
               scores.sizes(), "), got k = ", k);
 }
 
+void check_divprune_indices_args(const at::Tensor& x, int64_t k) {
+  TORCH_CHECK(x.dim() == 3, "divprune_indices: x must be 3-D (B, N, D), got ", x.dim(), "-D with shape ",
+              x.sizes());
+  TORCH_CHECK(is_float_type(x.scalar_type()), "divprune_indices: x must be float16, bfloat16 or float32, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.size(2) >= 1, "divprune_indices: x must have a feature dim D >= 1, got shape ", x.sizes());
+  const int64_t n = x.size(1);
+  TORCH_CHECK(k >= 1 && k <= n, "divprune_indices: k must satisfy 1 <= k <= N = ", n, " (x has shape ",
+              x.sizes(), "), got k = ", k);
+}
+
 AnchorRule check_anchor_merge_args(const at::Tensor& x, int64_t num_anchors, c10::string_view rule) {
   TORCH_CHECK(x.dim() == 3, "anchor_merge: x must be 3-D (B, N, D), got ", x.dim(), "-D with shape ", x.sizes());
   TORCH_CHECK(is_float_type(x.scalar_type()), "anchor_merge: x must be float16, bfloat16 or float32, got ",

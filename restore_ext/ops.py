@@ -25,6 +25,18 @@ def topk_indices(scores: Tensor, k: int) -> Tensor:
     return torch.ops.restore.topk_indices.default(scores, k)
 
 
+def divprune_indices(x: Tensor, k: int) -> Tensor:
+    """DivPrune's ``k`` most diverse tokens of each row of ``x`` (B, N, D), in ascending index order.
+
+    DivPrune (Alvar et al., CVPR 2025) solves max-min diversity greedily on the cosine distance
+    ``1 - cos(x_i, x_j)``: first the token whose nearest other token is farthest, then repeatedly the token
+    farthest from the chosen set; ties go to the lower index. ``x`` float16/bfloat16/float32,
+    ``1 <= k <= N``. Returns (B, k) int64. Memory O(N * D) per row (no N x N matrix). Contract:
+    :func:`restore_ext.reference.divprune_indices`.
+    """
+    return torch.ops.restore.divprune_indices.default(x, k)
+
+
 def anchor_merge(x: Tensor, num_anchors: int, rule: str = "reference") -> AnchorMerge:
     """Distinctive anchor merging of each row of ``x`` (B, N, D) into ``num_anchors`` tokens (SPEC §2).
 
@@ -62,6 +74,14 @@ def _topk_indices_fake(scores, k):
     torch._check(1 <= k, lambda: f"topk_indices: k must be >= 1, got {k}")
     torch._check(k <= scores.shape[1], lambda: f"topk_indices: k must be <= N = {scores.shape[1]}, got {k}")
     return scores.new_empty((scores.shape[0], k), dtype=torch.long)
+
+
+@torch.library.register_fake("restore::divprune_indices")
+def _divprune_indices_fake(x, k):
+    torch._check(x.dim() == 3, lambda: f"divprune_indices: x must be 3-D (B, N, D), got {x.dim()}-D")
+    torch._check(1 <= k, lambda: f"divprune_indices: k must be >= 1, got {k}")
+    torch._check(k <= x.shape[1], lambda: f"divprune_indices: k must be <= N = {x.shape[1]}, got {k}")
+    return x.new_empty((x.shape[0], k), dtype=torch.long)
 
 
 @torch.library.register_fake("restore::anchor_merge")

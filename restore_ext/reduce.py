@@ -1,6 +1,7 @@
 """RESTORE's reduction (SPEC §3) and the distance table (SPEC §4), composed from the ops.
 
-Batched end to end: no Python loop over the batch or over tokens.
+Batched end to end: no Python loop over the batch or over tokens, and no host sync on CUDA tensors (the
+index checks of restore_reduce run as device-side asserts there).
 """
 from typing import NamedTuple
 
@@ -31,10 +32,18 @@ def _check_reduce_args(features: Tensor, retained: Tensor, num_out: int) -> None
     if not (r < num_out <= n):
         raise ValueError(f"restore_reduce: num_out must satisfy R = {r} < num_out <= N = {n}, got num_out = {num_out}")
     if b and r:
-        lo, hi = int(retained.min()), int(retained.max())
-        if lo < 0 or hi >= n:
+        in_range = ((retained >= 0) & (retained < n)).all()
+        distinct = (retained.sort(dim=1).values.diff(dim=1) != 0).all()
+        if retained.is_cuda:
+            # Device-side asserts: reading the checks back would stall the stream on every call. A bad index
+            # still stops the program (a CUDA device assert) with this message, at the next sync.
+            torch._assert_async(in_range, f"restore_reduce: retained indices must lie in [0, N = {n})")
+            torch._assert_async(distinct, "restore_reduce: retained indices must be distinct within each row")
+            return
+        if not bool(in_range):
+            lo, hi = int(retained.min()), int(retained.max())
             raise ValueError(f"restore_reduce: retained indices must lie in [0, N = {n}), got values in [{lo}, {hi}]")
-        if bool((retained.sort(dim=1).values.diff(dim=1) == 0).any()):
+        if not bool(distinct):
             raise ValueError("restore_reduce: retained indices must be distinct within each row")
 
 
@@ -54,7 +63,9 @@ def restore_reduce(features: Tensor, retained: Tensor, num_out: int, rule: str =
 
     is_rest = torch.ones(b, n, dtype=torch.bool, device=dev)
     is_rest[rows, retained] = False
-    rest = is_rest.nonzero()[:, 1].view(b, n - r)  # row-major nonzero: ascending original index per row
+    # The N - R merged tokens of each row in ascending index order: a stable sort puts them (key 0) first.
+    # (nonzero() would need the count on the host, a stream sync on CUDA; the count is known: N - R.)
+    rest = torch.sort((~is_rest).to(torch.uint8), dim=1, stable=True).indices[:, : n - r]
 
     k = num_out - r
     merged = ops.anchor_merge(features.gather(1, rest[:, :, None].expand(b, n - r, d)), k, rule)

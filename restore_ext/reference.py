@@ -23,6 +23,65 @@ def topk_indices(scores: Tensor, k: int) -> Tensor:
     return order[:, :k].sort(dim=1).values
 
 
+def divprune_order(x: Tensor, k: int):
+    """DivPrune (Alvar et al., CVPR 2025) greedy max-min diversity selection, float64, for x (B, N, D).
+
+    Cosine distance ``dist = 1 - cos(x_i, x_j)`` with ``x / max(||x||, 1e-12)``. The first pick is the token
+    whose nearest *other* token is farthest (``argmax_i min_{j != i} dist[i, j]``; token 0 when N == 1);
+    each next pick is the unchosen token farthest from the chosen set (``argmax_i min_{c chosen}
+    dist[i, c]``). Ties go to the lower index. Returns (order (B, k) in pick order, margin (B,) float64: the
+    smallest gap, over the k picks, between the winner's distance and the best other candidate's, inf when
+    no pick had a rival) so tests can tell a well-separated input from one where rounding may flip a pick.
+    """
+    b, n, _ = x.shape
+    xd = x.double()
+    xn = xd / xd.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    dist = 1 - xn @ xn.transpose(-1, -2)
+    orders, margins = [], []
+    for row in range(b):
+        d = dist[row]
+        margin = math.inf
+
+        def pick(values):
+            nonlocal margin
+            best = int(values.argmax())  # first maximum: ties to the lower index
+            if values.numel() > 1:
+                top2 = values.topk(2).values
+                margin = min(margin, float(top2[0] - top2[1]))
+            return best
+
+        if n == 1:
+            first = 0
+        else:
+            eye = torch.eye(n, dtype=torch.bool, device=x.device)
+            first = pick(d.masked_fill(eye, math.inf).amin(1))
+        chosen = [first]
+        taken = torch.zeros(n, dtype=torch.bool, device=x.device)
+        taken[first] = True
+        mind = d[:, first].clone()
+        for _ in range(k - 1):
+            c = pick(mind.masked_fill(taken, -math.inf))
+            chosen.append(c)
+            taken[c] = True
+            mind = torch.minimum(mind, d[:, c])
+        orders.append(chosen)
+        margins.append(margin)
+    return (
+        torch.tensor(orders, dtype=torch.long, device=x.device).view(b, k),
+        torch.tensor(margins, dtype=torch.float64),
+    )
+
+
+def divprune_indices(x: Tensor, k: int) -> Tensor:
+    """The contract of ``torch.ops.restore.divprune_indices``: DivPrune's k picks, in ascending index order."""
+    return divprune_order(x, k)[0].sort(dim=1).values
+
+
+def uniform_indices(n: int, k: int) -> list:
+    """The "uniform" base selector in plain integers: the centre of each of k equal bins of [0, n)."""
+    return [((2 * i + 1) * n) // (2 * k) for i in range(k)]
+
+
 def _f32(t: Tensor) -> Tensor:
     return t.float().double()
 

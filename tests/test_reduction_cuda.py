@@ -1,0 +1,134 @@
+"""CUDA bodies of anchor_merge and divprune_indices against the float64 reference and the CPU kernels, and
+restore_reduce / reduce on CUDA tensors with no host sync. Skipped (with a reason) where no GPU is visible."""
+import pytest
+import torch
+
+import restore_ext
+from restore_ext import reference
+
+from conftest import DTYPES, HAS_CUDA
+from divprune_check import exact_or_close
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU visible")]
+
+
+def anchor_margin(x, k, rule):
+    """Smallest float64 gap behind a discrete choice of anchor_merge: the K-th vs (K+1)-th score, and each
+    token's best vs second-best anchor similarity. Above ~1e-4 float32 kernels cannot flip a choice."""
+    sim, density, nearest, score = reference.anchor_scores(x, rule)
+    gaps = []
+    if k < x.shape[1]:
+        top = score.topk(k + 1, dim=1).values
+        gaps.append(float((top[:, k - 1] - top[:, k]).min()))
+    anchors = reference.topk_indices(score, k)
+    if k > 1:
+        to_anchor = sim.gather(2, anchors[:, None, :].expand(-1, x.shape[1], k)).topk(2, dim=-1).values
+        gaps.append(float((to_anchor[..., 0] - to_anchor[..., 1]).min()))
+    return min(gaps, default=float("inf"))
+
+
+def separated_features(b, n, d, k, rule, seed):
+    for attempt in range(50):
+        g = torch.Generator().manual_seed(seed * 100 + attempt)
+        centres = torch.randn(b, 16, d, generator=g) * 3
+        which = torch.randint(0, 16, (b, n), generator=g)
+        x = centres.gather(1, which[:, :, None].expand(b, n, d)) + torch.randn(b, n, d, generator=g)
+        if anchor_margin(x, k, rule) > 1e-4:
+            return x
+    pytest.fail("no well-separated sample found")
+
+
+@pytest.mark.parametrize("rule", ["reference", "dpc"])
+@pytest.mark.parametrize("n,k", [(1, 1), (2, 1), (2, 2), (576, 1), (576, 64), (576, 288), (2880, 192)])
+def test_anchor_merge_cuda_matches_reference(rule, n, k):
+    x = separated_features(2, n, 64, k, rule, seed=n + k)
+    got = restore_ext.anchor_merge(x.cuda(), k, rule)
+    want = reference.anchor_merge(x, k, rule)
+    assert torch.equal(got.anchors.cpu(), want.anchors)
+    assert torch.equal(got.assign.cpu(), want.assign)
+    assert torch.equal(got.size.cpu(), want.size)
+    torch.testing.assert_close(got.merged.cpu().double(), want.merged, rtol=1e-5, atol=1e-5)
+    cpu = restore_ext.anchor_merge(x, k, rule)
+    assert torch.equal(got.anchors.cpu(), cpu.anchors) and torch.equal(got.assign.cpu(), cpu.assign)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_anchor_merge_cuda_dtypes(dtype):
+    x = separated_features(3, 300, 32, 40, "reference", seed=5).to(dtype)
+    got = restore_ext.anchor_merge(x.cuda(), 40)
+    want = reference.anchor_merge(x, 40)
+    assert got.merged.dtype == dtype
+    assert torch.equal(got.anchors.cpu(), want.anchors) and torch.equal(got.size.cpu(), want.size)
+    torch.testing.assert_close(got.merged.cpu().double(), want.merged, rtol=1e-2, atol=1e-2)
+
+
+def test_anchor_merge_cuda_duplicates_and_zeros():
+    x = torch.randn(1, 40, 16)
+    x[0, 20:] = x[0, :20]  # twins: bit-identical similarities, ties to the lower index / slot
+    x[0, 5] = 0
+    x[0, 25] = 0
+    got = restore_ext.anchor_merge(x.cuda(), 10)
+    cpu = restore_ext.anchor_merge(x, 10)
+    for a, b in zip(got, cpu):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)
+
+
+def test_anchor_merge_cuda_large_n_no_n_by_n():
+    x = torch.randn(1, 20000, 32, device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = restore_ext.anchor_merge(x, 128)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - before < 20000 * 20000 * 4 // 8  # far below one N x N float
+    assert int(out.size.sum()) == 20000
+
+
+@pytest.mark.parametrize("n,k", [(576, 64), (2880, 192), (20000, 32)])
+def test_divprune_cuda_matches_cpu_and_reference(n, k):
+    x = torch.randn(2, n, 32)
+    got = restore_ext.divprune_indices(x.cuda(), k).cpu()
+    if n <= 2880:
+        exact_or_close(got, x, k)
+    else:
+        # Too big for the float64 replay (N x N doubles). CPU and GPU round differently, so among 20000 random
+        # tokens a near-tie may flip one pick and the rest of the greedy with it; most picks must agree.
+        cpu = restore_ext.divprune_indices(x, k)
+        for row in range(2):
+            common = len(set(got[row].tolist()) & set(cpu[row].tolist()))
+            assert common >= int(0.75 * k), (common, k)
+
+
+def test_divprune_cuda_many_rows():
+    """More rows than fit in one cooperative grid: the batch is split over launches."""
+    x = torch.randn(600, 64, 8)
+    exact_or_close(restore_ext.divprune_indices(x.cuda(), 10).cpu(), x, 10)
+
+
+@pytest.mark.parametrize("base", ["divprune", "uniform", "cls"])
+def test_reduce_on_cuda_without_host_sync(base):
+    x = torch.randn(4, 576, 64, device="cuda")
+    scores = torch.rand(4, 576, device="cuda")
+    restore_ext.reduce(x, 64, base=base, scores=scores)  # warm up (allocator, lazy init)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = restore_ext.reduce(x, 64, base=base, scores=scores)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    cpu = restore_ext.reduce(x.cpu(), 64, base=base, scores=scores.cpu())
+    assert torch.equal(out.position.cpu(), cpu.position) and torch.equal(out.source.cpu(), cpu.source)
+    torch.testing.assert_close(out.tokens.cpu(), cpu.tokens, rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_opcheck():
+    x = torch.randn(2, 50, 16, device="cuda")
+    torch.library.opcheck(torch.ops.restore.divprune_indices.default, (x, 9))
+    torch.library.opcheck(torch.ops.restore.anchor_merge.default, (x, 9, "reference"))
+
+
+def test_cuda_errors_name_arguments():
+    x = torch.randn(2, 10, 4, device="cuda")
+    with pytest.raises(RuntimeError, match="anchor_merge: num_anchors must satisfy"):
+        restore_ext.anchor_merge(x, 11)
+    with pytest.raises(RuntimeError, match="divprune_indices: k must satisfy"):
+        restore_ext.divprune_indices(x, 0)
