@@ -2,14 +2,15 @@
 // kernel. float16/bfloat16 with head dim 64, 96, 128 or 256 on sm_80+ run the tensor-core kernel
 // (calibrated_attention/fwd_kernel.h, flash-decoding splits when Lq <= 16); everything else up to head
 // dim 256 runs the SIMT kernel (calibrated_attention/simt_attention.cu).
-#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <torch/library.h>
 
 #include <cstdint>
 #include <optional>
@@ -101,8 +102,12 @@ at::Tensor calibrated_attention_cuda(const at::Tensor& q_in, const at::Tensor& k
   if (q.scalar_type() == at::kHalf) done = run_tensor_core<__half>(s.head_dim, p, stream);
   if (q.scalar_type() == at::kBFloat16) done = run_tensor_core<__nv_bfloat16>(s.head_dim, p, stream);
   if (!done) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "calibrated_attention_cuda",
-                                    [&] { attention::run_simt_attention<scalar_t>(p, stream); });
+    // float64 never gets here: the argument checks admit float16, bfloat16 and float32 only.
+    switch (q.scalar_type()) {
+      case at::kHalf: attention::run_simt_attention<c10::Half>(p, stream); break;
+      case at::kBFloat16: attention::run_simt_attention<c10::BFloat16>(p, stream); break;
+      default: attention::run_simt_attention<float>(p, stream); break;
+    }
   }
   return out;
 }
