@@ -25,6 +25,10 @@ struct AttentionParams {
   float scale;
   bool causal;
 
+  // Decode with GQA: the query heads sharing a K/V head are stacked as rows of one tile (row r is query
+  // r / group of head hk * group + r % group), so a K/V tile is read once per K/V head, not once per head.
+  bool pack_gqa = false;
+
   // Flash-decoding: with num_splits > 1 each block covers tiles_per_split key tiles and writes its
   // normalised partial output and log-sum-exp here, row r = (b * Lq + i) * H + h, split-major.
   int num_splits = 1, tiles_per_split = 0;

@@ -54,7 +54,7 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// Grid: x = query tile * num_splits + split, y = head, z = batch.
+// Grid: x = row tile * num_splits + split, y = head (K/V head with pack_gqa), z = batch.
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kThreads)
     calibrated_attention_fwd_kernel(const AttentionParams p) {
@@ -68,13 +68,16 @@ __global__ void __launch_bounds__(Traits::kThreads)
   float* s_log_size = reinterpret_cast<float*>(s_kpos + 2 * BN);              // [2][BN]
 
   const int split = blockIdx.x % p.num_splits, m_block = blockIdx.x / p.num_splits;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const int hk = h / (p.heads / p.kv_heads);
+  const int b = blockIdx.z, group = p.heads / p.kv_heads;
+  const int hk = p.pack_gqa ? blockIdx.y : blockIdx.y / group;
+  const int rows_total = p.pack_gqa ? p.lq * group : p.lq;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int m0 = m_block * BM;
+  auto query_of_row = [&](int r) { return p.pack_gqa ? r / group : r; };
+  auto head_of_row = [&](int r) { return p.pack_gqa ? hk * group + r % group : int(blockIdx.y); };
 
   // Keys past the causal horizon of the tile's last query are invisible to the whole tile: never loaded.
-  const int64_t horizon = int64_t(m0) + BM + p.lk - p.lq;
+  const int64_t horizon = int64_t(query_of_row(min(m0 + BM, rows_total) - 1)) + 1 + p.lk - p.lq;
   const int key_end = p.causal ? int(horizon < 0 ? 0 : (horizon < p.lk ? horizon : p.lk)) : p.lk;
   const int tiles = (key_end + BN - 1) / BN;
   int tile_begin = 0, tile_end = tiles;
@@ -83,7 +86,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
     tile_end = min(tiles, tile_begin + p.tiles_per_split);
   }
 
-  const Element* q_base = static_cast<const Element*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
+  const Element* q_batch = static_cast<const Element*>(p.q) + b * p.q_batch_stride;
   const Element* k_base = static_cast<const Element*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
   const Element* v_base = static_cast<const Element*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
 
@@ -103,10 +106,11 @@ __global__ void __launch_bounds__(Traits::kThreads)
 
   // Rows this thread holds in the mma accumulator layout: g and g + 8 of the warp's 16.
   const int g = lane >> 2, t4 = lane & 3;
-  int row[2];
+  int row[2];  // query index of the row, which is past Lq for the padding rows of the last tile
   int64_t q_pos[2];
   for (int hh = 0; hh < 2; ++hh) {
-    row[hh] = m0 + warp * 16 + g + 8 * hh;
+    const int r = m0 + warp * 16 + g + 8 * hh;
+    row[hh] = r < rows_total ? query_of_row(r) : p.lq;
     q_pos[hh] = (p.q_pos && row[hh] < p.lq) ? p.q_pos[int64_t(b) * p.lq + row[hh]] : 0;
   }
 
@@ -118,7 +122,13 @@ __global__ void __launch_bounds__(Traits::kThreads)
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
 
   if (tile_begin < tile_end) {
-    load_tile<Traits, BM>(s_q, q_base + m0 * p.q_row_stride, p.q_row_stride, min(BM, p.lq - m0));
+    for (int c = tid; c < BM * Traits::kChunksPerRow; c += Traits::kThreads) {
+      const int r = m0 + c / Traits::kChunksPerRow, col = (c % Traits::kChunksPerRow) * 8;
+      const bool valid = r < rows_total;
+      const int rr = valid ? r : m0;  // padding rows read nothing but need an address
+      cp_async_16(s_q + (r - m0) * LD + col,
+                  q_batch + query_of_row(rr) * p.q_row_stride + head_of_row(rr) * p.q_head_stride + col, valid);
+    }
     load_kv_tile(tile_begin, 0);
     cp_async_commit();
   }
@@ -223,7 +233,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
     const float inv = normalizer(total);
     const int i = row[hh];
     if (i >= p.lq) continue;
-    const int64_t r = (int64_t(b) * p.lq + i) * p.heads + h;
+    const int64_t r = (int64_t(b) * p.lq + i) * p.heads + head_of_row(m0 + warp * 16 + g + 8 * hh);
     if (p.num_splits > 1) {
       float* o = p.partial_out + (int64_t(split) * p.batch * p.lq * p.heads + r) * D;
 #pragma unroll

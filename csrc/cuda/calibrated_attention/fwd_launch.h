@@ -30,20 +30,26 @@ bool run_tensor_core_attention(AttentionParams params, cudaStream_t stream) {
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   if (prop->major < 8 || Traits::kSmemBytes > prop->sharedMemPerBlockOptin) return false;
 
-  const int m_blocks = (params.lq + Traits::kBlockM - 1) / Traits::kBlockM;
+  const bool decode = params.lq <= 16;
+  const int group = params.heads / params.kv_heads;
+  params.pack_gqa = decode && group > 1;
+  const int rows = params.pack_gqa ? params.lq * group : params.lq;
+  const int head_blocks = params.pack_gqa ? params.kv_heads : params.heads;
+  const int m_blocks = (rows + Traits::kBlockM - 1) / Traits::kBlockM;
   at::Tensor partial_out, partial_lse;
   params.num_splits = 1;
-  if (params.lq <= 16) {
+  if (decode) {
     const int key_tiles = (params.lk + Traits::kBlockN - 1) / Traits::kBlockN;
-    const int splits = choose_num_splits(params.batch * params.heads, key_tiles, prop->multiProcessorCount);
+    const int splits =
+        choose_num_splits(params.batch * head_blocks * m_blocks, key_tiles, prop->multiProcessorCount);
     if (splits > 1) {
       params.tiles_per_split = (key_tiles + splits - 1) / splits;
       params.num_splits = (key_tiles + params.tiles_per_split - 1) / params.tiles_per_split;
-      const int64_t rows = int64_t(params.batch) * params.lq * params.heads;
+      const int64_t out_rows = int64_t(params.batch) * params.lq * params.heads;
       // The op entry's CUDAGuard made q's device current.
       const auto opts = at::TensorOptions().device(at::kCUDA, at::cuda::current_device()).dtype(at::kFloat);
-      partial_out = at::empty({params.num_splits, rows, kHeadDim}, opts);
-      partial_lse = at::empty({params.num_splits, rows}, opts);
+      partial_out = at::empty({params.num_splits, out_rows, kHeadDim}, opts);
+      partial_lse = at::empty({params.num_splits, out_rows}, opts);
       params.partial_out = partial_out.data_ptr<float>();
       params.partial_lse = partial_lse.data_ptr<float>();
     }
@@ -52,7 +58,7 @@ bool run_tensor_core_attention(AttentionParams params, cudaStream_t stream) {
   auto kernel = calibrated_attention_fwd_kernel<Traits>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(Traits::kSmemBytes)));
-  const dim3 grid(static_cast<unsigned>(m_blocks * params.num_splits), params.heads, params.batch);
+  const dim3 grid(static_cast<unsigned>(m_blocks * params.num_splits), head_blocks, params.batch);
   kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(params);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (params.num_splits > 1) run_combine_splits<Element>(params, stream);
