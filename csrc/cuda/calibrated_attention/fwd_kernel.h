@@ -31,6 +31,11 @@ struct FwdTraits {
                                        2 * kBlockN * (sizeof(int64_t) + sizeof(float));
 };
 
+// 64 keys per tile keeps a warp's S fragment at 32 registers; at head dim 256 the output accumulator
+// alone takes 128, so the key tile halves.
+template <int kHeadDim, typename Element>
+using FwdTraitsFor = FwdTraits<kHeadDim, (kHeadDim > 128 ? 32 : 64), Element>;
+
 // Copies rows [0, rows_valid) of a (rows x kHeadDim) tile whose row r starts at src + r * row_stride; the
 // other rows of the tile become zeros.
 template <typename Traits, int kRows>

@@ -11,11 +11,6 @@
 
 namespace restore::attention {
 
-// 64 keys per tile keeps a warp's S fragment at 32 registers; at head dim 256 the output accumulator
-// alone takes 128, so the key tile halves.
-template <int kHeadDim, typename Element>
-using FwdTraitsFor = FwdTraits<kHeadDim, (kHeadDim > 128 ? 32 : 64), Element>;
-
 // Flash-decoding: a few query rows give too few blocks to fill the GPU, so the keys are split until there
 // are about two blocks per SM (at most 128 splits, at least one key tile each).
 inline int choose_num_splits(int blocks, int key_tiles, int sm_count) {
