@@ -81,7 +81,7 @@ def test_prefill_tensor_cores(dtype, dh, length, causal):
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
-@pytest.mark.parametrize("lq", [1, 5])
+@pytest.mark.parametrize("lq", [1, 5, 16])  # 16 queries x GQA 8 = two tiles of packed rows
 @pytest.mark.parametrize("group", [1, 4, 8])
 @pytest.mark.parametrize("causal", [True, False])
 def test_decode_split_keys(dtype, lq, group, causal):
