@@ -86,7 +86,7 @@ include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include"
 cxx_flags = ["-O3", "-fopenmp"]
 extra_link_args = ["-fopenmp"]
 if with_cuda:
-    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    sources += sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True))
     include_dirs += _cusparse_include_dirs()
     extension = CUDAExtension(
         "restore_ext._C",

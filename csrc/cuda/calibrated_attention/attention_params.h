@@ -1,0 +1,54 @@
+#pragma once
+// What every calibrated_attention CUDA kernel reads (SPEC §5), filled once by the op entry, and the
+// launchers the op entry picks from. Host and device; no ATen types so the kernels stay light.
+#include <cuda_runtime.h>
+#include <cstdint>
+
+namespace restore::attention {
+
+struct AttentionParams {
+  const void* q;  // (B, Lq, H, Dh), strides below in elements, last dim contiguous
+  const void* k;  // (B, Lk, Hkv, Dh)
+  const void* v;
+  void* out;      // (B, Lq, H, Dh) contiguous
+  int64_t q_batch_stride, q_row_stride, q_head_stride;
+  int64_t k_batch_stride, k_row_stride, k_head_stride;
+  int64_t v_batch_stride, v_row_stride, v_head_stride;
+
+  const float* log_size;  // (B, Lk) contiguous, or null
+  const int64_t* q_pos;   // (B, Lq) contiguous, or null; k_pos and table are null with it
+  const int64_t* k_pos;   // (B, Lk) contiguous
+  const float* table;     // (T,)
+  int64_t table_len;
+
+  int batch, lq, lk, heads, kv_heads, head_dim;
+  float scale;
+  bool causal;
+
+  // Decode with GQA: the query heads sharing a K/V head are stacked as rows of one tile (row r is query
+  // r / group of head hk * group + r % group), so a K/V tile is read once per K/V head, not once per head.
+  bool pack_gqa = false;
+
+  // Flash-decoding: with num_splits > 1 each block covers tiles_per_split key tiles and writes its
+  // normalised partial output and log-sum-exp here, row r = (b * Lq + i) * H + h, split-major.
+  int num_splits = 1, tiles_per_split = 0;
+  float* partial_out = nullptr;  // (num_splits, B * Lq * H, Dh)
+  float* partial_lse = nullptr;  // (num_splits, B * Lq * H)
+};
+
+// Tensor-core path: Element is __half or __nv_bfloat16; one explicit instantiation per (head dim, dtype)
+// in fwd_hdim*_*.cu. Returns false (launching nothing) when the device cannot hold its tiles, so the
+// caller falls back to the SIMT kernel.
+template <int kHeadDim, typename Element>
+bool run_tensor_core_attention(AttentionParams params, cudaStream_t stream);
+
+// Any head dim <= kSimtMaxHeadDim, any float dtype; float32 inputs and the fallback of the above.
+constexpr int kSimtMaxHeadDim = 256;
+template <typename scalar_t>
+void run_simt_attention(const AttentionParams& params, cudaStream_t stream);
+
+// Merges the num_splits partial results of flash-decoding into params.out.
+template <typename Element>
+void run_combine_splits(const AttentionParams& params, cudaStream_t stream);
+
+}  // namespace restore::attention

@@ -1,0 +1,4 @@
+// Tensor-core calibrated attention, head dim 64, fp16: one instantiation per file so builds parallelise.
+#include "cuda/calibrated_attention/fwd_launch.h"
+
+RESTORE_INSTANTIATE_TENSOR_CORE_ATTENTION(64, __half)
