@@ -295,3 +295,37 @@ def test_errors(model):
             model(input_ids=torch.tensor([[3]]), cache=cache)
         with pytest.raises(RuntimeError, match="without a restore_state"):
             model.model.language_model(input_ids=ids[:, :1])
+
+
+def test_llava_next_same_mechanism():
+    """LLaVA-NeXT (anyres: a different token count per image, image_newline tokens included): no-op equivalence at
+    num_tokens >= every image's count, and a reduced generate that shortens each image to num_tokens."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    vc = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=56, patch_size=14
+    )
+    cfg = LlavaNextConfig(
+        vision_config=vc, text_config=tiny_config().text_config, image_token_id=IMAGE, pad_token_id=PAD,
+        image_grid_pinpoints=[[56, 112], [112, 56], [112, 112]], vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    m = LlavaNextForConditionalGeneration(cfg).eval()
+    sizes = torch.tensor([[100, 60], [50, 110]])
+    pv = torch.randn(2, 5, 3, 56, 56, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ns = [f.shape[0] for f in m.model.get_image_features(pv, sizes, return_dict=True).pooler_output]
+        assert ns[0] != ns[1]
+        ids = torch.tensor([[1, 2] + [IMAGE] * ns[0] + [3] + [IMAGE] * ns[1] + [4, 5]])
+        ref = m(input_ids=ids, pixel_values=pv, image_sizes=sizes).logits
+        ref_seq = m.generate(input_ids=ids, pixel_values=pv, image_sizes=sizes, max_new_tokens=4, do_sample=False)
+        rt.apply_restore(m, num_tokens=max(ns), calibrate=False)
+        out = m(input_ids=ids, pixel_values=pv, image_sizes=sizes).logits
+        seq = m.generate(input_ids=ids, pixel_values=pv, image_sizes=sizes, max_new_tokens=4, do_sample=False)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        assert torch.equal(seq, ref_seq)
+        rt.remove_restore(m)
+        rt.apply_restore(m, num_tokens=8)
+        assert m(input_ids=ids, pixel_values=pv, image_sizes=sizes).logits.shape[1] == 2 + 8 + 1 + 8 + 2
+        assert m.generate(input_ids=ids, pixel_values=pv, image_sizes=sizes, max_new_tokens=3).shape[1] == ids.shape[1] + 3
