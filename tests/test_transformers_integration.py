@@ -239,6 +239,20 @@ def test_prune_only_and_merge_without_calibration_differ(model):
     assert not torch.allclose(res["prune"], res["merge"]) and not torch.allclose(res["merge"], res["restore"])
 
 
+def test_inputs_embeds_and_positional_calls(model):
+    """inputs_embeds (placeholders found by their embedding) and positional arguments reach the same reduction."""
+    ids, pv = prompt([1, 2], "img", [3, 4, 5]), images(1, seed=10)
+    rt.apply_restore(model, num_tokens=16)
+    with torch.no_grad():
+        ref = model(input_ids=ids, pixel_values=pv).logits
+        emb = model.get_input_embeddings()(ids)
+        torch.testing.assert_close(model(inputs_embeds=emb, pixel_values=pv).logits, ref, rtol=1e-5, atol=1e-6)
+        hidden = model.model(ids, pv).last_hidden_state
+        torch.testing.assert_close(model.lm_head(hidden), ref, rtol=1e-5, atol=1e-6)
+        seq = model.generate(input_ids=ids, pixel_values=pv, max_new_tokens=3, do_sample=False)[:, ids.shape[1]:]
+        assert torch.equal(model.generate(inputs_embeds=emb, pixel_values=pv, max_new_tokens=3, do_sample=False), seq)
+
+
 def test_remove_restore_restores_exactly(model):
     ids, pv = prompt([1, 2], "img", [3, 4]), images(1, seed=8)
     sdpa_before = model.config.text_config._attn_implementation

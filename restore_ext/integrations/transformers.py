@@ -396,6 +396,16 @@ class _Prefill:
         self.reduced_rows[img_row] = True
 
 
+def _check_kernel(device: torch.device) -> None:
+    # A clear message instead of the dispatcher's when this build has no calibrated_attention for the device.
+    key = {"cuda": "CUDA", "cpu": "CPU"}.get(device.type, device.type.upper())
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("restore::calibrated_attention", key):
+        raise RuntimeError(
+            f"apply_restore: this build of restore_ext has no calibrated_attention kernel for {device.type} "
+            "(run the model on CPU, or rebuild restore_ext with that device's kernels)"
+        )
+
+
 def _make_pre_hook(patch: _Patch):
     def pre_hook(inner, args, kwargs):
         kw = _bind_kwargs(inner, args, kwargs)
@@ -433,6 +443,7 @@ def _make_pre_hook(patch: _Patch):
         ref = input_ids if input_ids is not None else embeds
         bsz, seq = ref.shape[:2]
         dev = ref.device
+        _check_kernel(dev)
         features = _image_features(inner, kw)
         if features is not None:
             pre = _Prefill(patch, inner, kw, features, past)
