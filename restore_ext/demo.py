@@ -40,7 +40,8 @@ def _random_model(device, dtype):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     vision = CLIPVisionConfig(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, image_size=336, patch_size=14
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, image_size=336,
+        patch_size=14,
     )
     text = LlamaConfig(
         hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
@@ -73,7 +74,8 @@ def _local_model(path, device, dtype, image_path, question):
         image = Image.open(image_path).convert("RGB")
     else:  # a synthetic picture, so the demo needs no download
         x = torch.linspace(0, 255, 336)
-        rgb = torch.stack([x[None, :].expand(336, 336), x[:, None].expand(336, 336), x.flip(0)[None, :].expand(336, 336)], -1)
+        h, w = x[None, :].expand(336, 336), x[:, None].expand(336, 336)
+        rgb = torch.stack([h, w, h.flip(1)], -1)
         image = Image.fromarray(rgb.to(torch.uint8).numpy())
     text = f"USER: <image>\n{question} ASSISTANT:"
     inputs = processor(images=image, text=text, return_tensors="pt").to(device)

@@ -188,8 +188,7 @@ class _CacheRecord:
 class _Patch:
     """Everything apply_restore installed on one model, so remove_restore can take it off."""
 
-    def __init__(self, model, inner, settings: dict, previous_attn: str):
-        self.model_ref = weakref.ref(model)
+    def __init__(self, inner, settings: dict, previous_attn: str):
         self.inner = inner
         self.settings = settings
         self.previous_attn = previous_attn
@@ -241,7 +240,8 @@ def restore_attention_forward(
     if lk != state.num_keys or lq != state.q_pos.shape[1] or b != state.k_pos.shape[0]:
         raise RuntimeError(
             f"restore attention: layer {getattr(module, 'layer_idx', '?')} got {lq} queries over {lk} keys (batch {b}) "
-            f"but the RESTORE state describes {state.q_pos.shape[1]} over {state.num_keys} (batch {state.k_pos.shape[0]}); "
+            f"but the RESTORE state describes {state.q_pos.shape[1]} over {state.num_keys} "
+            f"(batch {state.k_pos.shape[0]}); "
             "the KV cache was changed outside RESTORE (only dynamic caches grown by the patched model are supported)"
         )
     log_size, q_pos, k_pos, table = state.attention_bias_args(getattr(module, "layer_idx", 1))
@@ -340,7 +340,8 @@ class _Prefill:
         starts = torch.tensor([0] + lengths[:-1], device=dev).cumsum(0)
         ends = starts + torch.tensor(lengths, device=dev) - 1
         img_row, img_col = rows[starts], cols[starts]
-        if not (bool((rows[ends] == img_row).all()) and bool((cols[ends] - img_col == torch.tensor(lengths, device=dev) - 1).all())):
+        spans = cols[ends] - img_col + 1
+        if not (bool((rows[ends] == img_row).all()) and bool((spans == torch.tensor(lengths, device=dev)).all())):
             raise ValueError("apply_restore: each image's placeholder tokens must be contiguous within one prompt")
 
         # Reduce, grouping images of equal token count into one batched call.
@@ -496,7 +497,7 @@ def _make_pre_hook(patch: _Patch):
             inputs_embeds=inputs_embeds,
             pixel_values=None,
             mm_encoder_outputs=None,
-            attention_mask=torch.cat([past_valid(past), valid], 1).long() if past is not None else valid.long(),
+            attention_mask=torch.cat([_past_valid(past), valid], 1).long() if past is not None else valid.long(),
             position_ids=q_pos,
             cache=cache,
             restore_state=state,
@@ -508,7 +509,7 @@ def _make_pre_hook(patch: _Patch):
     return pre_hook
 
 
-def past_valid(past: _CacheRecord) -> Tensor:
+def _past_valid(past: _CacheRecord) -> Tensor:
     return torch.isfinite(past.log_size)
 
 
@@ -650,7 +651,7 @@ def apply_restore(
         calibrate=bool(calibrate),
         decode_distance_bias=bool(decode_distance_bias),
     )
-    patch = _Patch(model, inner, settings, tc._attn_implementation)
+    patch = _Patch(inner, settings, tc._attn_implementation)
     patch.handles.append(inner.register_forward_pre_hook(_make_pre_hook(patch), with_kwargs=True))
     patch.handles.append(model.register_forward_pre_hook(_reject_labels, with_kwargs=True))
     model.generate = _make_generate(model, patch)
