@@ -3,6 +3,7 @@
 Tiny model: CLIP vision 112 px / patch 14 -> N = 64 visual tokens per image, Llama text model with GQA
 (4 query heads over 2 key/value heads), 2 layers, hidden 64.
 """
+import inspect
 import math
 
 import pytest
@@ -25,6 +26,8 @@ from transformers import (  # noqa: E402
 import restore_ext  # noqa: E402
 from restore_ext.integrations import transformers as rt  # noqa: E402
 
+# transformers 5.x renamed `past_key_values` to `cache` (forward kwarg and output field)
+CACHE = "cache" if "cache" in inspect.signature(LlavaForConditionalGeneration.forward).parameters else "past_key_values"
 IMAGE = 100  # image placeholder token id
 PAD = 0
 N = 64  # visual tokens per image of the tiny vision tower
@@ -68,6 +71,10 @@ def _unpatched(model):
     yield
     if rt.is_restore_applied(model):
         rt.remove_restore(model)
+
+
+def with_cache(out):
+    return {CACHE: getattr(out, CACHE)}
 
 
 def prompt(*parts):
@@ -207,7 +214,7 @@ def test_decode_adds_log_size_only_by_default(model):
     calls = _probe(model)
     with torch.no_grad():
         out = model(input_ids=ids, pixel_values=pv, use_cache=True)
-        model(input_ids=torch.tensor([[7]]), cache=out.cache)
+        model(input_ids=torch.tensor([[7]]), **with_cache(out))
     prefill, decode = calls[0]["state"], calls[2]["state"]
     assert prefill.table is not None and decode.table is None
     assert decode.num_keys == prefill.num_keys + 1 and int(decode.q_pos) == 2 + N + 2  # last original position + 1
@@ -305,10 +312,10 @@ def test_errors(model):
         model(input_ids=ids[:, :-5], pixel_values=pv)  # truncated image
     with torch.no_grad():
         out = model(input_ids=ids, pixel_values=pv, use_cache=True)
-        cache = out.cache
+        cache = with_cache(out)[CACHE]
         cache.crop(-1)  # changed behind RESTORE's back
         with pytest.raises(ValueError, match="does not describe"):
-            model(input_ids=torch.tensor([[3]]), cache=cache)
+            model(input_ids=torch.tensor([[3]]), **{CACHE: cache})
         with pytest.raises(RuntimeError, match="without a restore_state"):
             model.model.language_model(input_ids=ids[:, :1])
 

@@ -195,6 +195,9 @@ class _Patch:
         self.records: "weakref.WeakKeyDictionary[Cache, _CacheRecord]" = weakref.WeakKeyDictionary()
         self.handles = []
         self.inv_freq: Tensor = inner.language_model.rotary_emb.inv_freq
+        # transformers 5.x renamed forward's `past_key_values` to `cache` (the old name deprecated until 5.40)
+        params = inspect.signature(type(inner).forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._table: Optional[Tensor] = None
 
     def table(self, length: int, device) -> Tensor:
@@ -499,9 +502,9 @@ def _make_pre_hook(patch: _Patch):
             mm_encoder_outputs=None,
             attention_mask=torch.cat([_past_valid(past), valid], 1).long() if past is not None else valid.long(),
             position_ids=q_pos,
-            cache=cache,
             restore_state=state,
         )
+        kw[patch.cache_kwarg] = cache
         if "use_cache" in kw or use_cache:
             kw["use_cache"] = use_cache
         return (), kw
