@@ -65,7 +65,10 @@ def _random_model(device, dtype):
 
 
 def _local_model(path, device, dtype, image_path, question):
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise SystemExit("restore_ext.demo --model needs pillow for the image processor: pip install pillow") from e
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
@@ -233,7 +236,8 @@ def main(argv=None):
         print(f"    {name:<24s} {float(kl):.4f} nats")
 
     def show(t):
-        return repr(processor.decode(t, skip_special_tokens=True)) if processor is not None else str(t.tolist())
+        text = processor.decode(t, skip_special_tokens=True) if processor is not None else ""
+        return repr(text) if text.strip() else f"token ids {t.tolist()}"
 
     print(f"  continuation, full model: {show(gen['full model'])}")
     print(f"  continuation, RESTORE:    {show(gen['RESTORE'])}")

@@ -28,7 +28,7 @@ Mechanism (public extension points only, no copy of modeling code):
 ``remove_restore`` undoes all of it: hooks removed, the instance ``generate`` deleted, the text model's previous
 attention implementation set back.
 
-Supported: transformers >= 5.0, < 6 (developed against 5.24); ``LlavaForConditionalGeneration`` and
+Supported: transformers >= 5.0, < 6 (tests pass on 5.0.0, 5.12.1 and 5.24.0); ``LlavaForConditionalGeneration`` and
 ``LlavaNextForConditionalGeneration`` whose language model is Llama, Mistral or Qwen2 with full (non-sliding)
 attention and static RoPE (default / linear / llama3 / yarn); dynamic caches only. Outputs (logits, hidden
 states) are those of the *shortened* sequence: its last position is still the prompt's last token.
