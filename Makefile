@@ -8,7 +8,7 @@ MAX_JOBS ?= $(shell nproc)
 DEPS := torch==$(TORCH_VERSION) ninja numpy pybind11 pytest pytest-benchmark "setuptools>=77" wheel "transformers>=5,<6"
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup.py
 
-.PHONY: test bench demo build clean
+.PHONY: test bench demo build wheel wheel-test clean
 
 $(VENV)/.deps-stamp: Makefile
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -33,5 +33,13 @@ bench: build
 demo: build
 	$(PY) -m restore_ext.demo
 
+# CUDA archs 8.0 and 9.0 as SASS plus PTX for the newest, so later GPUs can JIT it.
+wheel: $(VENV)/.deps-stamp
+	TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}" MAX_JOBS=$(MAX_JOBS) \
+		$(PY) -m pip wheel --no-build-isolation --no-deps -w wheelhouse .
+
+wheel-test: wheel
+	bash scripts/wheel_smoke.sh
+
 clean:
-	rm -rf build restore_ext/_C*.so restore_ext/_build_info.py *.egg-info
+	rm -rf build wheelhouse restore_ext/_C*.so restore_ext/_build_info.py *.egg-info

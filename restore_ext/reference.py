@@ -23,6 +23,10 @@ def topk_indices(scores: Tensor, k: int) -> Tensor:
     return order[:, :k].sort(dim=1).values
 
 
+def _f32(t: Tensor) -> Tensor:
+    return t.float().double()
+
+
 class AnchorMergeRef(NamedTuple):
     merged: Tensor
     size: Tensor
@@ -31,18 +35,23 @@ class AnchorMergeRef(NamedTuple):
 
 
 def anchor_scores(x: Tensor, rule: str = "reference"):
-    """SPEC §2 steps 1-5 for x (B, N, D): returns (sim, density, nearest, score), float64."""
+    """SPEC §2 steps 1-5 for x (B, N, D): returns (sim, density, nearest, score).
+
+    Computed in float64; density, nearest and score are then rounded to float32 (the precision SPEC asks
+    for at least) before any decision, so that values equal in exact arithmetic (N = 2, mirrored tokens)
+    compare equal on every device instead of being ordered by rounding noise.
+    """
     if rule not in ("reference", "dpc"):
         raise ValueError(f'anchor_merge: rule must be "reference" or "dpc", got "{rule}"')
     xd = x.double()
     xn = xd / xd.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     sim = xn @ xn.transpose(-1, -2)
-    density = sim.sum(-1)
+    density = _f32(sim.sum(-1))
     d_i, d_j = density[:, :, None], density[:, None, :]
     better = d_j < d_i if rule == "reference" else d_j > d_i
     masked = torch.where(better, sim, torch.full_like(sim, -math.inf)).amax(-1)
-    nearest = torch.where(better.any(-1), masked, torch.zeros_like(masked))
-    score = density * (1 - nearest)
+    nearest = _f32(torch.where(better.any(-1), masked, torch.zeros_like(masked)))
+    score = _f32(density * (1 - nearest))
     return sim, density, nearest, score
 
 

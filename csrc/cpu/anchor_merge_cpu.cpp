@@ -1,6 +1,6 @@
 // Distinctive anchor merging on the CPU (SPEC §2). The N x N similarity is never held whole: density is
 // one matrix-vector product (sum_j sim[i,j] = xn_i . sum_j xn_j), and the two passes that need pairwise
-// similarities (nearest better token, token -> anchor) stream it in row tiles through BLAS.
+// similarities (nearest better token, token -> anchor) stream it in tiles through BLAS.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/blas_gemm.h"
 #include "cpu/topk_select.h"
 #include "op_checks.h"
 #include "restore/anchor_math.h"
@@ -19,30 +20,48 @@ namespace {
 int64_t tile_rows(int64_t n_cols) { return std::max<int64_t>(1, std::min<int64_t>(n_cols, (int64_t{1} << 22) / n_cols)); }
 
 // nearest[i] = max over better j of sim[i, j], or 0 where no j is better (SPEC §2 step 4).
-std::vector<float> nearest_better_similarity(const at::Tensor& xn, const std::vector<double>& density,
+// sim is symmetric, so only tile pairs (I, J >= I) are computed: one product serves row i's maximum over J
+// and row j's maximum over I, halving the O(N^2 D) work. Each thread keeps its own maxima (no atomics);
+// they are combined at the end.
+std::vector<float> nearest_better_similarity(const at::Tensor& xn, const std::vector<float>& density,
                                             AnchorRule rule) {
-  const int64_t n = xn.size(0);
-  std::vector<float> nearest(n);
-  const int64_t rows = tile_rows(n);
-  for (int64_t r0 = 0; r0 < n; r0 += rows) {
-    const int64_t r1 = std::min(n, r0 + rows);
-    const at::Tensor sim = at::mm(xn.slice(0, r0, r1), xn.t()).contiguous();
-    const float* s = sim.const_data_ptr<float>();
-    at::parallel_for(r0, r1, 16, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const float* row = s + (i - r0) * n;
-        float best = -std::numeric_limits<float>::infinity();
-        bool any = false;
-        for (int64_t j = 0; j < n; ++j) {
-          if (is_better(rule, density[i], density[j])) {
-            any = true;
-            best = std::max(best, row[j]);
-          }
+  constexpr int64_t kTile = 256;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const int64_t n = xn.size(0), d = xn.size(1);
+  const float* x = xn.const_data_ptr<float>();
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  for (int64_t ti = 0; ti < tiles; ++ti)
+    for (int64_t tj = ti; tj < tiles; ++tj) pairs.emplace_back(ti, tj);
+
+  const int64_t threads = at::get_num_threads();
+  std::vector<float> partial(threads * n, neg_inf);
+  at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t p0, int64_t p1) {
+    float* best = partial.data() + at::get_thread_num() * n;
+    std::vector<float> sim(kTile * kTile);
+    for (int64_t p = p0; p < p1; ++p) {
+      const auto [ti, tj] = pairs[p];
+      const int64_t i0 = ti * kTile, ni = std::min(kTile, n - i0);
+      const int64_t j0 = tj * kTile, nj = std::min(kTile, n - j0);
+      // sim (ni x nj, row-major) = X_I X_J^T
+      sgemm_colmajor(true, false, nj, ni, d, 1.f, x + j0 * d, d, x + i0 * d, d, 0.f, sim.data(), nj);
+      for (int64_t r = 0; r < ni; ++r) {
+        const int64_t i = i0 + r;
+        const float* row = sim.data() + r * nj;
+        float best_i = best[i];
+        for (int64_t c = 0; c < nj; ++c) {
+          const int64_t j = j0 + c;
+          if (is_better(rule, density[i], density[j])) best_i = std::max(best_i, row[c]);
+          if (ti != tj && is_better(rule, density[j], density[i])) best[j] = std::max(best[j], row[c]);
         }
-        nearest[i] = any ? best : 0.f;
+        best[i] = best_i;
       }
-    });
-  }
+    }
+  });
+  std::vector<float> nearest(n, neg_inf);
+  for (int64_t t = 0; t < threads; ++t)
+    for (int64_t i = 0; i < n; ++i) nearest[i] = std::max(nearest[i], partial[t * n + i]);
+  for (float& v : nearest) v = v == neg_inf ? 0.f : v;  // similarities are finite: -inf means no better token
   return nearest;
 }
 
@@ -110,19 +129,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> anchor_merge_cpu(cons
   at::Tensor assign = at::empty({batch, n}, long_opts);
   at::Tensor anchors = at::empty({batch, num_anchors}, long_opts);
 
-  std::vector<uint64_t> keys(n);
+  std::vector<uint32_t> keys(n);
   std::vector<int64_t> scratch(n);
   for (int64_t b = 0; b < batch; ++b) {
     const at::Tensor xf = x[b].to(at::kFloat).contiguous();
-    const at::Tensor xn = xf / xf.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
-
-    // Density in float64: it is a sum of N similarities, and anchor choice hinges on its exact order.
-    const at::Tensor xn64 = xn.to(at::kDouble);
-    const at::Tensor density_t = at::mv(xn64, xn64.sum(0)).contiguous();
-    const std::vector<double> density(density_t.const_data_ptr<double>(), density_t.const_data_ptr<double>() + n);
+    // Normalisation and density in float64, then rounded to float32 as the reference does: values that are
+    // equal in exact arithmetic (N = 2, mirrored tokens) then compare equal instead of by rounding noise.
+    // O(N*D) work; the O(N^2*D) similarity passes below run in float32.
+    const at::Tensor x64 = xf.to(at::kDouble);
+    const at::Tensor xn64 = x64 / x64.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
+    const at::Tensor xn = xn64.to(at::kFloat);
+    const at::Tensor density_t = at::mv(xn64, xn64.sum(0)).to(at::kFloat).contiguous();
+    const std::vector<float> density(density_t.const_data_ptr<float>(), density_t.const_data_ptr<float>() + n);
 
     const std::vector<float> nearest = nearest_better_similarity(xn, density, rule);
-    for (int64_t i = 0; i < n; ++i) keys[i] = score_key(distinctive_score(density[i], double(nearest[i])));
+    for (int64_t i = 0; i < n; ++i)
+      keys[i] = score_key(static_cast<float>(distinctive_score(double(density[i]), double(nearest[i]))));
 
     int64_t* anchors_b = anchors.data_ptr<int64_t>() + b * num_anchors;
     select_top_k(keys.data(), n, num_anchors, scratch.data(), anchors_b);

@@ -12,11 +12,13 @@ RESTORE_HD bool key_visible(int64_t q_index, int64_t k_index, int64_t lq, int64_
   return !causal || k_index <= q_index + lk - lq;
 }
 
-// Index of table[clamp(q_pos - k_pos, 0, T-1)].
+// Index of table[clamp(q_pos - k_pos, 0, T-1)]. The difference is taken in unsigned arithmetic once it is
+// known to be positive, so extreme positions cannot overflow.
 RESTORE_HD int64_t distance_index(int64_t q_pos, int64_t k_pos, int64_t table_len) {
-  int64_t d = q_pos - k_pos;
-  d = d < 0 ? 0 : d;
-  return d > table_len - 1 ? table_len - 1 : d;
+  if (q_pos <= k_pos) return 0;
+  const uint64_t d = static_cast<uint64_t>(q_pos) - static_cast<uint64_t>(k_pos);
+  const uint64_t last = static_cast<uint64_t>(table_len - 1);
+  return static_cast<int64_t>(d < last ? d : last);
 }
 
 // Subtracting the row maximum keeps exp() finite; a row whose maximum is still -inf (nothing visible yet,

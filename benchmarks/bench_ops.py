@@ -1,0 +1,127 @@
+"""Each op against the plain PyTorch formulation a user would otherwise write, on the same inputs.
+
+Attention peers (issue 4): SDPA without any bias (the ceiling), SDPA with the calibration bias materialised
+as a float mask the way the authors build it (construction included in the time), and FlexAttention with a
+score_mod reading log_size, positions and the table (torch.compile'd, as users run it).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+import restore_ext
+from restore_ext import reference as ref
+
+from common import Case
+
+
+def _authors_mask(log_size, q_pos, k_pos, table, lq, lk, dtype):
+    """(B, 1, Lq, Lk) additive mask: log(size) + table[pos_q - pos_k] + causal -inf."""
+    dist = (q_pos[:, :, None] - k_pos[:, None, :]).clamp(0, table.shape[0] - 1)
+    mask = table[dist] + log_size[:, None, :]
+    causal = torch.ones(lq, lk, dtype=torch.bool, device=mask.device).tril(lk - lq)
+    return mask.masked_fill(~causal, -math.inf)[:, None].to(dtype)
+
+
+def _flex_peer(q, k, v, log_size, q_pos, k_pos, table):
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    lq, lk = q.shape[2], k.shape[2]
+    t_len = table.shape[0]
+
+    def score_mod(score, b, h, qi, kj):
+        d = (q_pos[b, qi] - k_pos[b, kj]).clamp(0, t_len - 1)
+        return score + log_size[b, kj] + table[d]
+
+    def causal(b, h, qi, kj):
+        return kj <= qi + (lk - lq)
+
+    block_mask = create_block_mask(causal, None, None, lq, lk, device=q.device.type)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    gqa = q.shape[1] != k.shape[1]
+    return lambda: compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa)
+
+
+def attention_cases(quick, device):
+    if device == "cpu":
+        shapes = [(512, 512, 8, torch.float32), (2048, 2048, 8, torch.float32), (1, 4096, 8, torch.float32),
+                  (512, 512, 32, torch.bfloat16)]
+        if not quick:
+            shapes += [(2048, 2048, 32, torch.float32), (4096, 4096, 8, torch.float32), (2048, 2048, 8, torch.bfloat16)]
+    else:
+        shapes = [(l, l, hkv, dt) for l in (512, 2048, 8192) for hkv in (32, 8) for dt in (torch.bfloat16, torch.float16)]
+        shapes += [(1, 4096, hkv, torch.bfloat16) for hkv in (32, 8)]
+    cases = []
+    for lq, lk, hkv, dtype in shapes:
+        b, h, dh = 1, 32, 128
+        q = torch.randn(b, lq, h, dh, device=device, dtype=dtype)
+        k = torch.randn(b, lk, hkv, dh, device=device, dtype=dtype)
+        v = torch.randn(b, lk, hkv, dh, device=device, dtype=dtype)
+        log_size = torch.log(torch.randint(1, 9, (b, lk), device=device).float())
+        k_pos = torch.arange(lk, device=device)[None] * 2
+        q_pos = k_pos[:, -lq:]
+        table = ref.distance_bias_table(2 * lk, restore_ext.default_inv_freq(dh)).to(device)
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # SDPA / flex layout (B, H, L, D) as views
+        gqa = hkv != h
+        peers = {
+            "sdpa_nobias": lambda qt=qt, kt=kt, vt=vt, gqa=gqa: F.scaled_dot_product_attention(
+                qt, kt, vt, is_causal=True, enable_gqa=gqa),
+            "sdpa_mask": lambda qt=qt, kt=kt, vt=vt, gqa=gqa, a=(log_size, q_pos, k_pos, table, lq, lk, dtype):
+                F.scaled_dot_product_attention(qt, kt, vt, attn_mask=_authors_mask(*a), enable_gqa=gqa),
+        }
+        if not (quick and device == "cpu"):
+            flex = _flex_peer(qt, kt, vt, log_size, q_pos, k_pos, table)
+            if flex is not None:
+                peers["flex"] = flex
+        causal_pairs = sum(min(lk, i + 1 + lk - lq) for i in range(lq))
+        cases.append(Case(
+            op="calibrated_attention", shape=f"B1 H32 Hkv{hkv} Dh128 Lq{lq} Lk{lk}", dtype=str(dtype).split(".")[-1],
+            device=device,
+            ours=lambda a=(q, k, v, log_size, q_pos, k_pos, table): restore_ext.calibrated_attention(*a),
+            peers=peers, flops=4.0 * b * h * dh * causal_pairs))
+    return cases
+
+
+def topk_cases(quick, device):
+    cases = []
+    for b, n, k in [(1, 576, 64), (8, 2880, 192), (8, 16384, 192)] if not quick else [(8, 2880, 192)]:
+        s = torch.randn(b, n, device=device)
+        cases.append(Case("topk_indices", f"B{b} N{n} k{k}", "float32", device,
+                          ours=lambda s=s, k=k: restore_ext.topk_indices(s, k),
+                          peers={"torch.topk+sort": lambda s=s, k=k: torch.topk(s, k).indices.sort(dim=1).values}))
+    return cases
+
+
+def anchor_merge_cases(quick, device):
+    cases = []
+    shapes = [(1, 576, 1024, 32), (1, 2880, 1024, 96)] if quick else [
+        (1, 576, 4096, 32), (8, 576, 4096, 32), (1, 2880, 1024, 96), (1, 2880, 4096, 96)]
+    for b, n, d, k in shapes:
+        x = torch.randn(b, n, d, device=device)
+        cases.append(Case("anchor_merge", f"B{b} N{n} D{d} K{k}", "float32", device,
+                          ours=lambda x=x, k=k: restore_ext.anchor_merge(x, k),
+                          peers={"pytorch_formulation": lambda x=x, k=k: _anchor_merge_pytorch(x, k)}))
+    return cases
+
+
+def _anchor_merge_pytorch(x, k):
+    """The authors' op sequence in float32: normalise, matmul, sum, masked max, topk, argmax, scatter mean."""
+    xn = F.normalize(x.float(), dim=-1)
+    sim = xn @ xn.transpose(1, 2)
+    density = sim.sum(-1)
+    better = density[:, None, :] < density[:, :, None]
+    nearest = sim.masked_fill(~better, -math.inf).amax(-1)
+    nearest = torch.where(better.any(-1), nearest, torch.zeros_like(nearest))
+    anchors = (density * (1 - nearest)).topk(k, dim=-1).indices.sort(dim=-1).values
+    assign = sim.gather(2, anchors[:, None, :].expand(-1, x.shape[1], -1)).argmax(-1)
+    assign.scatter_(1, anchors, torch.arange(k, device=x.device).expand_as(anchors))
+    total = torch.zeros(x.shape[0], k, x.shape[2], device=x.device).scatter_add_(
+        1, assign[..., None].expand_as(x), x.float())
+    size = torch.zeros(x.shape[0], k, device=x.device).scatter_add_(1, assign, torch.ones_like(assign, dtype=torch.float))
+    return total / size[..., None]
+
+
+def cases(quick, device):
+    return topk_cases(quick, device) + anchor_merge_cases(quick, device) + attention_cases(quick, device)

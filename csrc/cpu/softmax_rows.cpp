@@ -1,0 +1,86 @@
+#include "cpu/softmax_rows.h"
+
+#include <bit>
+#include <cmath>
+#include <limits>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RESTORE_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define RESTORE_CPU_CLONES
+#endif
+
+namespace restore {
+namespace {
+
+// exp(x) as 2^n * p(r), n = round(x / ln 2), |r| <= ln(2)/2, with Cephes' expf polynomial (relative error
+// ~1e-7). Branch-free so that loops over it vectorise; inputs below -87 (including -inf) give exactly 0.
+inline float exp_poly(float x) {
+  const bool underflow = x < -87.0f;
+  const float xc = std::fmin(std::fmax(x, -87.0f), 88.0f);
+  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const float two_n = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  return underflow ? 0.0f : p * two_n;
+}
+
+// Reductions over 16 independent lanes: without -ffast-math the compiler may not reorder a single running
+// sum or max, but it vectorises lane-wise updates of an array.
+constexpr int64_t kLanes = 16;
+
+}  // namespace
+
+RESTORE_CPU_CLONES
+float add_bias_and_max(float* row, int64_t n, int64_t visible, const float* log_size, const int64_t* k_pos,
+                       int64_t q_pos, const float* table, int64_t table_len) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  if (table != nullptr) {
+    const int64_t last = table_len - 1;
+    for (int64_t c = 0; c < visible; ++c) {
+      // Same clamp as restore::distance_index, in a form the vectoriser accepts (positions from real
+      // sequences are far from int64 overflow; the scalar helper guards that for the other paths).
+      int64_t d = q_pos - k_pos[c];
+      d = d < 0 ? 0 : (d > last ? last : d);
+      row[c] += log_size[c] + table[d];
+    }
+  } else if (log_size != nullptr) {
+    for (int64_t c = 0; c < visible; ++c) row[c] += log_size[c];
+  }
+  for (int64_t c = visible; c < n; ++c) row[c] = neg_inf;
+  float lanes[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = neg_inf;
+  int64_t c = 0;
+  for (; c + kLanes <= visible; c += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = std::fmax(lanes[l], row[c + l]);
+  float m = neg_inf;
+  for (; c < visible; ++c) m = std::fmax(m, row[c]);
+  for (int64_t l = 0; l < kLanes; ++l) m = std::fmax(m, lanes[l]);
+  return m;
+}
+
+RESTORE_CPU_CLONES
+float exp_and_sum(float* row, int64_t n, float offset) {
+  for (int64_t c = 0; c < n; ++c) row[c] = exp_poly(row[c] - offset);
+  float lanes[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += row[c + l];
+  float sum = 0.f;
+  for (; c < n; ++c) sum += row[c];
+  for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
+  return sum;
+}
+
+RESTORE_CPU_CLONES
+void scale_row(float* row, int64_t n, float factor) {
+  for (int64_t c = 0; c < n; ++c) row[c] *= factor;
+}
+
+}  // namespace restore
