@@ -1,14 +1,14 @@
-# Two commands for a newcomer: `make test` and `make bench`. Both start from nothing: they create .venv,
-# install torch and the tools, build restore_ext (CUDA kernels too where a CUDA toolkit is present).
+# Commands for a newcomer: `make test`, `make bench` and `make demo`. Each starts from nothing: it creates .venv,
+# installs torch and the tools, builds restore_ext (CUDA kernels too where a CUDA toolkit is present).
 PYTHON_SYS ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
 MAX_JOBS ?= $(shell nproc)
-DEPS := torch==$(TORCH_VERSION) ninja numpy pybind11 pytest pytest-benchmark "setuptools>=77" wheel
+DEPS := torch==$(TORCH_VERSION) ninja numpy pybind11 pytest pytest-benchmark "setuptools>=77" wheel "transformers>=5,<6"
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup.py
 
-.PHONY: test bench build wheel wheel-test clean
+.PHONY: test bench demo build wheel wheel-test clean
 
 $(VENV)/.deps-stamp: Makefile
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: build
 
 bench: build
 	$(PY) benchmarks/run.py --quick
+
+# RESTORE inside a small random-weight LLaVA (576-token image): tokens, prefill time, attention share, KL.
+demo: build
+	$(PY) -m restore_ext.demo
 
 # CUDA archs 8.0 and 9.0 as SASS plus PTX for the newest, so later GPUs can JIT it.
 wheel: $(VENV)/.deps-stamp
