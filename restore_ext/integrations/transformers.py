@@ -47,6 +47,8 @@ from torch import Tensor
 import restore_ext
 from restore_ext import ops
 from restore_ext.reduce import Reduced, distance_bias_table, restore_reduce
+from restore_ext.reduce_api import kept_count
+from restore_ext.select import select
 
 try:
     import transformers
@@ -76,60 +78,23 @@ _check_transformers_version()
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Selection + reduction. SWITCH POINT: once restore_ext.reduce (the library's base methods) is in this build, it
-# is used; until then a local DivPrune selection feeds restore_reduce. Only _reduce_images knows which one runs.
+# Selection + reduction
 # ---------------------------------------------------------------------------------------------------------------
-def _divprune_select(features: Tensor, k: int) -> Tensor:
-    """DivPrune (Alvar et al., CVPR 2025): greedy max-min diversity over cosine distance. (M, N, D) -> (M, k),
-    ascending. Step 0 takes the token farthest from its nearest neighbour, then each step the token whose
-    distance to the selected set is largest."""
-    x = features.float()
-    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    dist = 1 - x @ x.transpose(1, 2)  # (M, N, N)
-    m, n = x.shape[:2]
-    if k >= n:
-        return torch.arange(n, device=x.device).expand(m, n).contiguous()
-    eye = torch.eye(n, dtype=torch.bool, device=x.device)
-    first = dist.masked_fill(eye, math.inf).amin(-1).argmax(-1)  # (M,)
-    chosen = [first]
-    min_dist = dist.gather(1, first[:, None, None].expand(m, 1, n))[:, 0]  # (M, N): distance to the selected set
-    taken = torch.zeros(m, n, dtype=torch.bool, device=x.device)
-    taken[torch.arange(m, device=x.device), first] = True
-    for _ in range(k - 1):
-        nxt = min_dist.masked_fill(taken, -math.inf).argmax(-1)
-        chosen.append(nxt)
-        taken[torch.arange(m, device=x.device), nxt] = True
-        min_dist = torch.minimum(min_dist, dist.gather(1, nxt[:, None, None].expand(m, 1, n))[:, 0])
-    return torch.stack(chosen, 1).sort(1).values
-
-
-def _library_reduce():
-    """restore_ext.reduce(features, num_tokens, base=, keep_ratio=, scores=, rule=) once it lands; note that
-    ``restore_ext.reduce`` is also the name of the submodule reduce.py, hence the callable check."""
-    fn = getattr(restore_ext, "reduce", None)
-    return fn if callable(fn) else None
-
-
-def _retained_count(num_out: int, keep_ratio: float) -> int:
-    return min(num_out, int(round(num_out * keep_ratio)))
-
-
 def _reduce_images(features: Tensor, num_tokens: int, base: str, keep_ratio: float, rule: str) -> Reduced:
-    """(M, N, D) projector outputs of M images -> Reduced with ``min(num_tokens, N)`` tokens per image."""
+    """(M, N, D) projector outputs of M images -> Reduced with ``min(num_tokens, N)`` tokens per image.
+
+    RESTORE proper (``restore_ext.reduce``) when the budget holds both kept and merged tokens; the two ends of
+    keep_ratio, which the demo compares against, are pure merging (R = 0) and pruning alone (R = num_out).
+    """
     m, n, d = features.shape
     num_out = min(num_tokens, n)
-    if _library_reduce() is not None:  # the library's own base methods, when present in this build
-        return _library_reduce()(features, num_out, base=base, keep_ratio=keep_ratio, rule=rule)
-    if base != "divprune":
-        raise ValueError(
-            f"apply_restore: base={base!r} needs restore_ext.reduce, which this build of restore_ext does not have; "
-            "the local fallback implements base='divprune' only"
-        )
-    r = _retained_count(num_out, keep_ratio)
-    retained = _divprune_select(features, r) if r > 0 else features.new_empty((m, 0), dtype=torch.long)
-    if r < num_out:
-        return restore_reduce(features, retained, num_out, rule)
-    # keep_ratio = 1: pruning alone (nothing merged, dropped tokens have no slot)
+    r = min(num_out, kept_count(num_out, keep_ratio))
+    if 1 <= r < num_out:
+        return restore_ext.reduce(features, num_out, base=base, keep_ratio=keep_ratio, rule=rule)
+    if r == 0:
+        return restore_reduce(features, features.new_empty((m, 0), dtype=torch.long), num_out, rule)
+    # pruning alone: nothing merged, dropped tokens have no slot
+    retained = select(features, r, base)
     source = torch.full((m, n), -1, dtype=torch.long, device=features.device)
     source.scatter_(1, retained, torch.arange(r, device=features.device).expand(m, r).contiguous())
     tokens = features.gather(1, retained[:, :, None].expand(m, r, d))
@@ -624,7 +589,8 @@ def apply_restore(
     """Make ``model(...)`` and ``model.generate(...)`` of a transformers LLaVA model run RESTORE.
 
     num_tokens: visual tokens per image after reduction (an image with fewer keeps all of them).
-    base: the base method that picks the ``round(num_tokens * keep_ratio)`` retained tokens ("divprune").
+    base: the base method that picks the ``round(num_tokens * keep_ratio)`` retained tokens: "divprune",
+        "uniform", or a callable(features (M, N, D), k) -> (M, k) indices (see restore_ext.select).
     keep_ratio: retained share of ``num_tokens``; the rest are merged anchors. 1.0 = pruning alone (no merge).
     rule: anchor rule of the merge, "reference" (authors' code) or "dpc" (SPEC §2).
     calibrate: add log(size) and the RoPE distance table to attention logits. False keeps only the padding mask
@@ -639,10 +605,10 @@ def apply_restore(
         raise ValueError(f"apply_restore: keep_ratio must lie in [0, 1], got {keep_ratio}")
     if rule not in ("reference", "dpc"):
         raise ValueError(f'apply_restore: rule must be "reference" or "dpc", got {rule!r}')
-    if _library_reduce() is None and base != "divprune":
+    if not (callable(base) or base in ("divprune", "uniform")):
         raise ValueError(
-            f"apply_restore: base={base!r} needs restore_ext.reduce, which this build of restore_ext does not have; "
-            "the local fallback implements base='divprune' only"
+            f"apply_restore: base must be 'divprune', 'uniform' or a callable(features, k) -> indices, got {base!r} "
+            "('cls' needs the vision tower's [CLS] attention, which this integration does not capture yet)"
         )
     inner = model.model
     tc = model.config.get_text_config(decoder=True)
