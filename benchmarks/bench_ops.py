@@ -66,8 +66,9 @@ def attention_cases(quick, device):
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # SDPA / flex layout (B, H, L, D) as views
         gqa = hkv != h
         peers = {
-            "sdpa_nobias": lambda qt=qt, kt=kt, vt=vt, gqa=gqa: F.scaled_dot_product_attention(
-                qt, kt, vt, is_causal=True, enable_gqa=gqa),
+            # SDPA's is_causal aligns to the top left; with Lq = 1 the end-aligned causal mask is no mask at all.
+            "sdpa_nobias": lambda qt=qt, kt=kt, vt=vt, gqa=gqa, causal=lq > 1: F.scaled_dot_product_attention(
+                qt, kt, vt, is_causal=causal, enable_gqa=gqa),
             "sdpa_mask": lambda qt=qt, kt=kt, vt=vt, gqa=gqa, a=(log_size, q_pos, k_pos, table, lq, lk, dtype):
                 F.scaled_dot_product_attention(qt, kt, vt, attn_mask=_authors_mask(*a), enable_gqa=gqa),
         }

@@ -21,7 +21,7 @@
 namespace restore {
 namespace {
 
-constexpr int64_t kRowBlock = 64;
+constexpr int64_t kRowBlock = 128;
 constexpr int64_t kKeyBlock = 256;
 
 struct BiasInputs {

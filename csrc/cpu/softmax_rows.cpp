@@ -16,9 +16,11 @@ namespace {
 // exp(x) as 2^n * p(r), n = round(x / ln 2), |r| <= ln(2)/2, with Cephes' expf polynomial (relative error
 // ~1e-7). Branch-free so that loops over it vectorise; inputs below -87 (including -inf) give exactly 0.
 inline float exp_poly(float x) {
-  const bool underflow = x < -87.0f;
-  const float xc = std::fmin(std::fmax(x, -87.0f), 88.0f);
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float xc = x < -87.0f ? -87.0f : x;  // ternaries, not std::fmin/fmax/floor: those are library calls that
+  xc = xc > 88.0f ? 88.0f : xc;         // block vectorisation
+  // Round to nearest by adding 1.5 * 2^23: the integer lands in the low mantissa bits.
+  const float shifted = xc * 1.44269504088896341f + 12582912.0f;
+  const float n = shifted - 12582912.0f;
   const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -27,8 +29,9 @@ inline float exp_poly(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const float two_n = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-  return underflow ? 0.0f : p * two_n;
+  const int32_t n_int = std::bit_cast<int32_t>(shifted) - 0x4B400000;
+  const float two_n = std::bit_cast<float>((n_int + 127) << 23);
+  return x < -87.0f ? 0.0f : p * two_n;
 }
 
 // Reductions over 16 independent lanes: without -ffast-math the compiler may not reorder a single running
@@ -58,10 +61,10 @@ float add_bias_and_max(float* row, int64_t n, int64_t visible, const float* log_
   for (int64_t l = 0; l < kLanes; ++l) lanes[l] = neg_inf;
   int64_t c = 0;
   for (; c + kLanes <= visible; c += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = std::fmax(lanes[l], row[c + l]);
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = row[c + l] > lanes[l] ? row[c + l] : lanes[l];
   float m = neg_inf;
-  for (; c < visible; ++c) m = std::fmax(m, row[c]);
-  for (int64_t l = 0; l < kLanes; ++l) m = std::fmax(m, lanes[l]);
+  for (; c < visible; ++c) m = row[c] > m ? row[c] : m;
+  for (int64_t l = 0; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
   return m;
 }
 
