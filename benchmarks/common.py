@@ -29,7 +29,8 @@ def median_seconds(fn: Callable[[], object], device: str, min_run_time: float) -
     fn()  # warm-up: first-call allocations, compilation, lazy init
     if device == "cuda":
         torch.cuda.synchronize()
-    timer = tb.Timer(stmt="fn()", globals={"fn": fn})
+    # Timer defaults to one thread; measure with the threads users get.
+    timer = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 

@@ -25,11 +25,12 @@ int64_t tile_rows(int64_t n_cols) { return std::max<int64_t>(1, std::min<int64_t
 // they are combined at the end.
 std::vector<float> nearest_better_similarity(const at::Tensor& xn, const std::vector<float>& density,
                                             AnchorRule rule) {
-  constexpr int64_t kTile = 256;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int64_t n = xn.size(0), d = xn.size(1);
+  // Smaller tiles for small N, so that the pair list still splits evenly across threads.
+  const int64_t tile = n < 2048 ? 96 : 256;
   const float* x = xn.const_data_ptr<float>();
-  const int64_t tiles = (n + kTile - 1) / kTile;
+  const int64_t tiles = (n + tile - 1) / tile;
   std::vector<std::pair<int64_t, int64_t>> pairs;
   for (int64_t ti = 0; ti < tiles; ++ti)
     for (int64_t tj = ti; tj < tiles; ++tj) pairs.emplace_back(ti, tj);
@@ -38,11 +39,11 @@ std::vector<float> nearest_better_similarity(const at::Tensor& xn, const std::ve
   std::vector<float> partial(threads * n, neg_inf);
   at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t p0, int64_t p1) {
     float* best = partial.data() + at::get_thread_num() * n;
-    std::vector<float> sim(kTile * kTile);
+    std::vector<float> sim(tile * tile);
     for (int64_t p = p0; p < p1; ++p) {
       const auto [ti, tj] = pairs[p];
-      const int64_t i0 = ti * kTile, ni = std::min(kTile, n - i0);
-      const int64_t j0 = tj * kTile, nj = std::min(kTile, n - j0);
+      const int64_t i0 = ti * tile, ni = std::min(tile, n - i0);
+      const int64_t j0 = tj * tile, nj = std::min(tile, n - j0);
       // sim (ni x nj, row-major) = X_I X_J^T
       sgemm_colmajor(true, false, nj, ni, d, 1.f, x + j0 * d, d, x + i0 * d, d, 0.f, sim.data(), nj);
       for (int64_t r = 0; r < ni; ++r) {
