@@ -1,27 +1,21 @@
 """RESTORE's reduction ops against the formulations they replace, side by side.
 
-    python benchmarks/bench_reduction.py [--quick] [--device cpu|cuda]
+    run by benchmarks/run.py (make bench)
 
-- anchor_merge       vs the authors' formulation in PyTorch (normalise, N x N matmul, sum, masked max, topk,
+- anchor_merge (N -> out/2 anchors, the merge half of a budget) vs the authors' formulation in PyTorch (normalise, N x N matmul, sum, masked max, topk,
                        argmax, scatter mean), and vs ToMe (bipartite soft matching + size-weighted merge,
                        repeated until the same number of merged tokens remains);
 - restore_reduce     vs the same composite built on the authors' anchor merge;
 - divprune_indices   vs the authors' loop (a full distance matrix, then per step torch ops over the picks);
 - topk_indices       vs torch.topk + sort.
-Median of torch.utils.benchmark.Timer.blocked_autorange; "x" = baseline / ours (> 1: ours is faster).
 """
-import argparse
 import math
-import os
-import platform
-import sys
 
 import torch
 import torch.nn.functional as F
-import torch.utils.benchmark as tb
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import restore_ext  # noqa: E402
+import restore_ext
+from common import Case
 
 
 # ---- baselines, written from the published algorithms --------------------------------------------------------
@@ -105,65 +99,43 @@ def authors_restore_reduce(features, retained, num_out):
     return tokens.gather(1, order[:, :, None].expand(b, num_out, d)), position
 
 
-# ---- timing ---------------------------------------------------------------------------------------------------
+# ---- cases for benchmarks/run.py ------------------------------------------------------------------------------
 
 
-def median_ms(fn, device, min_run_time):
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
-
-
-def cases(device, quick):
+def cases(quick, device):
     if quick:  # about a minute on 2 CPU cores
-        shapes = [(1, 576, 1024, 64), (1, 576, 1024, 192), (8, 576, 1024, 64), (1, 2880, 1024, 192)]
+        shapes = [(1, 576, 1024, 64), (8, 576, 1024, 64), (1, 2880, 1024, 192)]
     else:
         shapes = [(b, n, d, o) for b in (1, 8) for n in (576, 2880, 16384) for d in (1024, 4096) for o in (64, 192)]
+    out_cases = []
     for b, n, d, out in shapes:
-        x = torch.randn(b, n, d, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        x = torch.randn(b, n, d, device=device, dtype=dtype)
         r = out // 2
         retained = restore_ext.select(x, r, "uniform")
-        shape = f"B={b} N={n} D={d} out={out}"
-        nxn_gib = b * n * n * 4 / 2**30
-        big = nxn_gib > (4 if device == "cpu" else 40)  # skip the N x N baselines where they would not fit
-        yield "anchor_merge", shape, (lambda: restore_ext.anchor_merge(x, out)), {
-            "authors": None if big else (lambda: authors_anchor_merge(x, out)),
-            "ToMe": lambda: tome_merge(x, out),
-        }
-        yield "restore_reduce", shape, (lambda: restore_ext.restore_reduce(x, retained, out)), {
-            "authors": None if big else (lambda: authors_restore_reduce(x, retained, out)),
-        }
-        slow_loop = device == "cpu" and (n > 2880 or b * n > 4608)
-        yield "divprune_indices", shape, (lambda: restore_ext.divprune_indices(x, r)), {
-            "authors loop": None if big or slow_loop else (lambda: authors_divprune(x, r)),
-        }
         scores = torch.randn(b, n, device=device)
-        yield "topk_indices", shape, (lambda: restore_ext.topk_indices(scores, r)), {
-            "torch.topk+sort": lambda: scores.topk(r, dim=1).indices.sort(dim=1).values,
-        }
+        shape = f"B{b} N{n} D{d} out{out}"
+        dt = str(dtype).split(".")[-1]
+        big = b * n * n * 4 / 2**30 > (4 if device == "cpu" else 40)  # N x N baselines that would not fit
+        slow_loop = device == "cpu" and (n > 2880 or b * n > 4608)
 
+        def peers(**named):
+            return {k: v for k, v in named.items() if v is not None}
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a CPU-sized subset (about a minute on 2 cores)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    args = ap.parse_args()
-    min_run = 0.1 if args.quick else 0.5
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"# restore_ext reduction benchmarks on {args.device} ({dev}), torch {torch.__version__}")
-    print(f"| {'op':<17} | {'shape':<27} | {'ours ms':>9} | {'baseline':<16} | {'base ms':>9} | {'x':>6} |")
-    print(f"|{'-' * 19}|{'-' * 29}|{'-' * 11}|{'-' * 18}|{'-' * 11}|{'-' * 8}|")
-    for op, shape, ours, peers in cases(args.device, args.quick):
-        t = median_ms(ours, args.device, min_run)
-        for name, fn in peers.items():
-            if fn is None:
-                print(f"| {op:<17} | {shape:<27} | {t:9.3f} | {name:<16} | {'skipped':>9} | {'':>6} |")
-                continue
-            tp = median_ms(fn, args.device, min_run)
-            print(f"| {op:<17} | {shape:<27} | {t:9.3f} | {name:<16} | {tp:9.3f} | {tp / t:6.2f} |", flush=True)
-
-
-if __name__ == "__main__":
-    main()
+        out_cases += [
+            Case("anchor_merge", shape, dt, device, ours=lambda x=x, k=out - r: restore_ext.anchor_merge(x, k),
+                 peers=peers(authors=None if big else (lambda x=x, k=out - r: authors_anchor_merge(x, k)),
+                             ToMe=lambda x=x, k=out - r: tome_merge(x, k))),
+            Case("restore_reduce", shape, dt, device,
+                 ours=lambda x=x, t=retained, o=out: restore_ext.restore_reduce(x, t, o),
+                 peers=peers(authors=None if big else (lambda x=x, t=retained, o=out: authors_restore_reduce(x, t, o)))),
+            Case("reduce(divprune)", shape, dt, device, ours=lambda x=x, o=out: restore_ext.reduce(x, o),
+                 peers=peers(authors=None if big or slow_loop else (
+                     lambda x=x, r=r, o=out: authors_restore_reduce(x, authors_divprune(x, r), o)))),
+            Case("divprune_indices", shape, dt, device, ours=lambda x=x, r=r: restore_ext.divprune_indices(x, r),
+                 peers=peers(authors_loop=None if big or slow_loop else (lambda x=x, r=r: authors_divprune(x, r)))),
+            Case("topk_indices", f"B{b} N{n} k{r}", "float32", device,
+                 ours=lambda s=scores, r=r: restore_ext.topk_indices(s, r),
+                 peers={"torch.topk+sort": lambda s=scores, r=r: s.topk(r, dim=1).indices.sort(dim=1).values}),
+        ]
+    return out_cases

@@ -3,7 +3,7 @@
     python benchmarks/run.py [--quick] [--device cpu|cuda|all] [--only OP]
 
 Prints one table (our median, each peer's median, peer/ours ratio: > 1 means we are faster) and writes
-benchmarks/results/<device>-<date>.json.
+benchmarks/results/<device>-<date>.json plus a PNG per op.
 """
 import argparse
 import datetime
@@ -18,8 +18,9 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the benchmark modules, and an in-place built restore_ext
 from common import device_name, median_seconds, peak_memory_bytes  # noqa: E402
+from plots import write_plots  # noqa: E402
 
-MODULES = ["bench_ops"]
+MODULES = ["bench_reduction", "bench_attention"]
 
 
 def fmt_time(s):
@@ -60,7 +61,8 @@ def main():
                 f"{n} {fmt_time(p['s']).strip()} (x{p['ratio']:.2f})" if "s" in p else f"{n} n/a"
                 for n, p in row["peers"].items())
             tf = f" {row['ours_tflops'] * 1e3:7.1f} GFLOP/s" if case.flops else ""
-            print(f"[{i:2d}/{len(cases)} {time.time() - start:5.0f}s] {case.op:22s} {case.shape:34s} {case.dtype:8s} "
+            elapsed = time.time() - start
+            print(f"[{i:2d}/{len(cases)} {elapsed:4.0f}s, ~{elapsed / i * (len(cases) - i):4.0f}s left] {case.op:22s} {case.shape:34s} {case.dtype:8s} "
                   f"ours {fmt_time(ours)}{tf}  | {peer_txt}", flush=True)
         os.makedirs(args.out, exist_ok=True)
         stamp = datetime.date.today().isoformat()
@@ -68,7 +70,8 @@ def main():
         with open(path, "w") as f:
             json.dump({"device": device_name(device), "torch": torch.__version__, "date": stamp,
                        "quick": args.quick, "rows": rows}, f, indent=1)
-        print(f"wrote {path}  (ratio = peer time / our time; > 1 means restore_ext is faster)")
+        plots = write_plots(rows, args.out, f"{device}-{stamp}")
+        print(f"wrote {path} and {len(plots)} plots  (ratio = peer time / our time; > 1 means restore_ext is faster)")
 
 
 if __name__ == "__main__":

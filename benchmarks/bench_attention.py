@@ -1,6 +1,6 @@
-"""Each op against the plain PyTorch formulation a user would otherwise write, on the same inputs.
+"""calibrated_attention against what a user would otherwise run, on the same inputs.
 
-Attention peers (issue 4): SDPA without any bias (the ceiling), SDPA with the calibration bias materialised
+Peers: SDPA without any bias (the ceiling), SDPA with the calibration bias materialised
 as a float mask the way the authors build it (construction included in the time), and FlexAttention with a
 score_mod reading log_size, positions and the table (torch.compile'd, as users run it).
 """
@@ -85,44 +85,5 @@ def attention_cases(quick, device):
     return cases
 
 
-def topk_cases(quick, device):
-    cases = []
-    for b, n, k in [(1, 576, 64), (8, 2880, 192), (8, 16384, 192)] if not quick else [(8, 2880, 192)]:
-        s = torch.randn(b, n, device=device)
-        cases.append(Case("topk_indices", f"B{b} N{n} k{k}", "float32", device,
-                          ours=lambda s=s, k=k: restore_ext.topk_indices(s, k),
-                          peers={"torch.topk+sort": lambda s=s, k=k: torch.topk(s, k).indices.sort(dim=1).values}))
-    return cases
-
-
-def anchor_merge_cases(quick, device):
-    cases = []
-    shapes = [(1, 576, 1024, 32), (1, 2880, 1024, 96)] if quick else [
-        (1, 576, 4096, 32), (8, 576, 4096, 32), (1, 2880, 1024, 96), (1, 2880, 4096, 96)]
-    for b, n, d, k in shapes:
-        x = torch.randn(b, n, d, device=device)
-        cases.append(Case("anchor_merge", f"B{b} N{n} D{d} K{k}", "float32", device,
-                          ours=lambda x=x, k=k: restore_ext.anchor_merge(x, k),
-                          peers={"pytorch_formulation": lambda x=x, k=k: _anchor_merge_pytorch(x, k)}))
-    return cases
-
-
-def _anchor_merge_pytorch(x, k):
-    """The authors' op sequence in float32: normalise, matmul, sum, masked max, topk, argmax, scatter mean."""
-    xn = F.normalize(x.float(), dim=-1)
-    sim = xn @ xn.transpose(1, 2)
-    density = sim.sum(-1)
-    better = density[:, None, :] < density[:, :, None]
-    nearest = sim.masked_fill(~better, -math.inf).amax(-1)
-    nearest = torch.where(better.any(-1), nearest, torch.zeros_like(nearest))
-    anchors = (density * (1 - nearest)).topk(k, dim=-1).indices.sort(dim=-1).values
-    assign = sim.gather(2, anchors[:, None, :].expand(-1, x.shape[1], -1)).argmax(-1)
-    assign.scatter_(1, anchors, torch.arange(k, device=x.device).expand_as(anchors))
-    total = torch.zeros(x.shape[0], k, x.shape[2], device=x.device).scatter_add_(
-        1, assign[..., None].expand_as(x), x.float())
-    size = torch.zeros(x.shape[0], k, device=x.device).scatter_add_(1, assign, torch.ones_like(assign, dtype=torch.float))
-    return total / size[..., None]
-
-
 def cases(quick, device):
-    return topk_cases(quick, device) + anchor_merge_cases(quick, device) + attention_cases(quick, device)
+    return attention_cases(quick, device)
