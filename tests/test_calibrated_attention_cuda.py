@@ -10,34 +10,12 @@ import torch
 
 import restore_ext
 from restore_ext import reference as ref
-from conftest import HAS_CUDA, fa_tolerance_check
+from conftest import HAS_CUDA, eager_same_precision, fa_tolerance_check
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU visible")]
 
 LOWP = [torch.float16, torch.bfloat16]
 ALL_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def eager_same_precision(q, k, v, log_size, q_pos, k_pos, table, causal, scale=None):
-    """The reference's math done by eager PyTorch in the inputs' dtype: the yardstick for the error that
-    precision forces."""
-    b, lq, h, dh = q.shape
-    lk, hkv = k.shape[1], k.shape[2]
-    scale = 1 / math.sqrt(dh) if scale is None else scale
-    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-    kt, vt = kt.repeat_interleave(h // hkv, 1), vt.repeat_interleave(h // hkv, 1)
-    logit = (qt @ kt.transpose(-1, -2)) * scale
-    if log_size is not None:
-        logit = logit + log_size[:, None, None, :].to(q.dtype)
-    if table is not None:
-        dist = (q_pos.long()[:, :, None] - k_pos.long()[:, None, :]).clamp(0, table.shape[0] - 1)
-        logit = logit + table[dist][:, None].to(q.dtype)
-    if causal:
-        i = torch.arange(lq, device=q.device)[:, None]
-        j = torch.arange(lk, device=q.device)[None, :]
-        logit = logit.masked_fill(j > i + lk - lq, -math.inf)
-    prob = torch.softmax(logit, dim=-1).nan_to_num(0.0)
-    return (prob @ vt).transpose(1, 2)
 
 
 def make_inputs(b, lq, lk, h, hkv, dh, dtype, bias=True, layout="blhd", seed=0, pos_dtype=torch.long):

@@ -10,8 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cub/block/block_scan.cuh>
-
+#include "cuda/block_topk.cuh"
 #include "cuda/similarity_tiles.cuh"
 #include "op_checks.h"
 #include "restore/anchor_math.h"
@@ -111,63 +110,14 @@ __device__ __forceinline__ uint32_t anchor_key(const float* density, const float
       distinctive_score(static_cast<double>(density[i]), static_cast<double>(nearest[i]))));
 }
 
-// SPEC §2 step 6, one block per row: radix select of the K-th best score key (8-bit digits), then one pass
-// in index order keeps every key above it and the lowest-index keys equal to it (ascending output, ties to
-// the lower index). Same scheme as topk_indices_cuda.cu, on the float32-rounded score the CPU ranks.
+// SPEC §2 step 6, one block per row, on the float32-rounded score the CPU ranks.
 __global__ void __launch_bounds__(kTopkThreads)
     anchor_topk_kernel(const float* __restrict__ density, const float* __restrict__ nearest, int64_t n,
                        int64_t k, int64_t* __restrict__ anchors) {
-  using BlockScan = cub::BlockScan<int, kTopkThreads>;
-  __shared__ typename BlockScan::TempStorage scan_storage;
-  __shared__ unsigned int hist[256];
-  __shared__ uint32_t chosen_prefix;
-  __shared__ int64_t chosen_remaining;
   const float* dens = density + static_cast<int64_t>(blockIdx.x) * n;
   const float* near = nearest + static_cast<int64_t>(blockIdx.x) * n;
-  int64_t* out = anchors + static_cast<int64_t>(blockIdx.x) * k;
-
-  uint32_t prefix = 0, mask = 0;
-  int64_t remaining = k;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int dgt = threadIdx.x; dgt < 256; dgt += kTopkThreads) hist[dgt] = 0;
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < n; i += kTopkThreads) {
-      const uint32_t key = anchor_key(dens, near, i);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1u);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int64_t rem = remaining;
-      int digit = 255;
-      for (; digit > 0 && hist[digit] < rem; --digit) rem -= hist[digit];
-      chosen_prefix = prefix | (static_cast<uint32_t>(digit) << shift);
-      chosen_remaining = rem;
-    }
-    __syncthreads();
-    prefix = chosen_prefix;
-    remaining = chosen_remaining;
-    mask |= 0xffu << shift;
-    __syncthreads();  // chosen_* are rewritten by the next pass
-  }
-  const uint32_t threshold = prefix;
-
-  int64_t equal_seen = 0, written = 0;
-  for (int64_t base = 0; base < n && written < k; base += kTopkThreads) {
-    const int64_t i = base + threadIdx.x;
-    const bool valid = i < n;
-    const uint32_t key = valid ? anchor_key(dens, near, i) : 0u;
-    const int is_equal = valid && key == threshold;
-    int equal_rank, equal_total;
-    BlockScan(scan_storage).ExclusiveSum(is_equal, equal_rank, equal_total);
-    __syncthreads();
-    const int take = valid && (key > threshold || (is_equal && equal_seen + equal_rank < remaining));
-    int slot, taken;
-    BlockScan(scan_storage).ExclusiveSum(take, slot, taken);
-    __syncthreads();
-    if (take) out[written + slot] = i;
-    equal_seen += equal_total;
-    written += taken;
-  }
+  block_topk_ascending<kTopkThreads>([&](int64_t i) { return anchor_key(dens, near, i); }, n, k,
+                                     anchors + static_cast<int64_t>(blockIdx.x) * k);
 }
 
 // SPEC §2 step 8: merged[b, s] = mean of x over slot s, float32 accumulation in ascending token order

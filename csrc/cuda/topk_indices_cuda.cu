@@ -1,7 +1,5 @@
-// topk_indices on the GPU (SPEC §1): one thread block per row, one launch for the batch. The k-th best
-// key is found by an 8-bit-digit radix select over the order-preserving keys of restore/topk_order.h
-// (so NaN and -0.0 rank exactly as on the CPU); a final pass in index order emits every key above it and
-// the lowest-index keys equal to it, which gives ascending output and ties to the lower index for free.
+// topk_indices on the GPU (SPEC §1): one thread block per row (cuda/block_topk.cuh), one launch for the
+// batch; the keys of restore/topk_order.h make NaN and -0.0 rank exactly as on the CPU.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -9,8 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cub/block/block_scan.cuh>
-
+#include "cuda/block_topk.cuh"
 #include "op_checks.h"
 #include "restore/topk_order.h"
 
@@ -22,58 +19,9 @@ constexpr int kThreads = 512;
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     topk_indices_kernel(const scalar_t* __restrict__ scores, int64_t n, int64_t k, int64_t* __restrict__ out) {
-  using BlockScan = cub::BlockScan<int, kThreads>;
-  __shared__ typename BlockScan::TempStorage scan_storage;
-  __shared__ unsigned int hist[256];
-  __shared__ uint32_t chosen_prefix;
-  __shared__ int64_t chosen_remaining;
-
   const scalar_t* row = scores + static_cast<int64_t>(blockIdx.x) * n;
-  int64_t* row_out = out + static_cast<int64_t>(blockIdx.x) * k;
-
-  // Invariant: the k-th best key starts with `prefix` on the bits in `mask`, and `remaining` of the top k
-  // are still to be found among the keys with that prefix.
-  uint32_t prefix = 0, mask = 0;
-  int64_t remaining = k;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int d = threadIdx.x; d < 256; d += kThreads) hist[d] = 0;
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < n; i += kThreads) {
-      const uint32_t key = score_key(static_cast<float>(row[i]));
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1u);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int64_t rem = remaining;
-      int digit = 255;
-      for (; digit > 0 && hist[digit] < rem; --digit) rem -= hist[digit];
-      chosen_prefix = prefix | (static_cast<uint32_t>(digit) << shift);
-      chosen_remaining = rem;
-    }
-    __syncthreads();
-    prefix = chosen_prefix;
-    remaining = chosen_remaining;
-    mask |= 0xffu << shift;
-  }
-  const uint32_t threshold = prefix;  // the k-th best key; `remaining` of the keys equal to it are kept
-
-  int64_t equal_seen = 0, written = 0;
-  for (int64_t base = 0; base < n && written < k; base += kThreads) {
-    const int64_t i = base + threadIdx.x;
-    const uint32_t key = i < n ? score_key(static_cast<float>(row[i])) : 0u;
-    const bool valid = i < n;
-    const int is_equal = valid && key == threshold;
-    int equal_rank, equal_total;
-    BlockScan(scan_storage).ExclusiveSum(is_equal, equal_rank, equal_total);
-    __syncthreads();
-    const int take = valid && (key > threshold || (is_equal && equal_seen + equal_rank < remaining));
-    int slot, taken;
-    BlockScan(scan_storage).ExclusiveSum(take, slot, taken);
-    __syncthreads();
-    if (take) row_out[written + slot] = i;
-    equal_seen += equal_total;
-    written += taken;
-  }
+  block_topk_ascending<kThreads>([&](int64_t i) { return score_key(static_cast<float>(row[i])); }, n, k,
+                                 out + static_cast<int64_t>(blockIdx.x) * k);
 }
 
 at::Tensor topk_indices_cuda(const at::Tensor& scores, int64_t k) {
