@@ -1,5 +1,6 @@
 """One PNG per op: median time per case, ours and each peer side by side (log scale)."""
 import os
+import textwrap
 from collections import defaultdict
 
 
@@ -20,7 +21,7 @@ def write_plots(rows, out_dir, stem):
         series = {"restore_ext": [r["ours_s"] * 1e3 for r in op_rows]}
         for name in sorted({n for r in op_rows for n in r["peers"]}):
             series[name] = [r["peers"].get(name, {}).get("s", float("nan")) * 1e3 for r in op_rows]
-        labels = [f"{r['shape']}\n{r['dtype']}" for r in op_rows]
+        labels = [textwrap.fill(f"{r['shape']} {r['dtype']}", 16) for r in op_rows]
         fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(op_rows)), 4.5))
         width = 0.8 / len(series)
         for i, (name, times) in enumerate(series.items()):
@@ -36,3 +37,12 @@ def write_plots(rows, out_dir, stem):
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+if __name__ == "__main__":  # re-plot a results JSON: python benchmarks/plots.py results.json OUT_DIR
+    import json
+    import sys
+
+    data = json.load(open(sys.argv[1]))
+    stem = os.path.splitext(os.path.basename(sys.argv[1]))[0]
+    print(write_plots(data["rows"], sys.argv[2], stem))
