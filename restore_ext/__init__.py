@@ -11,9 +11,9 @@ load_library()
 
 from . import ops  # noqa: E402  (registers the fake kernels)
 from .ops import anchor_merge, calibrated_attention, divprune_indices, topk_indices  # noqa: E402
-from .reduce import Reduced, default_inv_freq, distance_bias_table, restore_reduce  # noqa: E402
+from .reduction import Reduced, default_inv_freq, distance_bias_table, restore_reduce  # noqa: E402
 from .select import BASE_SELECTORS, select  # noqa: E402
-from .reduce_api import reduce  # noqa: E402  (after .reduce: this name shadows that submodule's attribute)
+from .reduce_api import reduce  # noqa: E402
 
 from .version import __version__  # noqa: E402
 

@@ -4,7 +4,7 @@ from typing import Optional, Union
 
 from torch import Tensor
 
-from .reduce import Reduced, restore_reduce
+from .reduction import Reduced, restore_reduce
 from .select import BASE_SELECTORS, Selector, _as_int, select
 
 

@@ -46,7 +46,7 @@ from torch import Tensor
 
 import restore_ext
 from restore_ext import ops
-from restore_ext.reduce import Reduced, distance_bias_table, restore_reduce
+from restore_ext.reduction import Reduced, distance_bias_table, restore_reduce
 from restore_ext.reduce_api import kept_count
 from restore_ext.select import select
 
