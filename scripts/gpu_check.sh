@@ -17,6 +17,10 @@ status=0
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name())"
 } > "$out/device.txt" 2>&1
 cat "$out/device.txt"
+if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "no CUDA GPU visible to $PY's torch: this check needs one (ALLOW_NO_GPU=1 runs the CPU part anyway)"
+  [ "${ALLOW_NO_GPU:-0}" = 1 ] || exit 2
+fi
 
 echo "== build (log: $out/build.log)"
 # TORCH_CUDA_ARCH_LIST unset: torch compiles for the visible GPU's arch only.

@@ -1,6 +1,6 @@
 #include "cpu/softmax_rows.h"
 
-#include <bit>
+#include <cstring>
 #include <cmath>
 #include <limits>
 
@@ -15,6 +15,19 @@ namespace {
 
 // exp(x) as 2^n * p(r), n = round(x / ln 2), |r| <= ln(2)/2, with Cephes' expf polynomial (relative error
 // ~1e-7). Branch-free so that loops over it vectorise; inputs below -87 (including -inf) give exactly 0.
+// C++17 bit casts (older torch builds extensions as C++17); compilers turn these memcpys into moves.
+inline int32_t float_bits(float f) {
+  int32_t i;
+  std::memcpy(&i, &f, sizeof(i));
+  return i;
+}
+
+inline float bits_float(int32_t i) {
+  float f;
+  std::memcpy(&f, &i, sizeof(f));
+  return f;
+}
+
 inline float exp_poly(float x) {
   float xc = x < -87.0f ? -87.0f : x;  // ternaries, not std::fmin/fmax/floor: those are library calls that
   xc = xc > 88.0f ? 88.0f : xc;         // block vectorisation
@@ -29,8 +42,8 @@ inline float exp_poly(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t n_int = std::bit_cast<int32_t>(shifted) - 0x4B400000;
-  const float two_n = std::bit_cast<float>((n_int + 127) << 23);
+  const int32_t n_int = float_bits(shifted) - 0x4B400000;
+  const float two_n = bits_float((n_int + 127) << 23);
   return x < -87.0f ? 0.0f : p * two_n;
 }
 
