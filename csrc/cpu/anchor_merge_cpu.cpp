@@ -5,10 +5,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <limits>
 #include <vector>
 
-#include "cpu/blas_gemm.h"
+#include "cpu/symmetric_tiles.h"
 #include "cpu/topk_select.h"
 #include "op_checks.h"
 #include "restore/anchor_math.h"
@@ -20,49 +21,12 @@ namespace {
 int64_t tile_rows(int64_t n_cols) { return std::max<int64_t>(1, std::min<int64_t>(n_cols, (int64_t{1} << 22) / n_cols)); }
 
 // nearest[i] = max over better j of sim[i, j], or 0 where no j is better (SPEC §2 step 4).
-// sim is symmetric, so only tile pairs (I, J >= I) are computed: one product serves row i's maximum over J
-// and row j's maximum over I, halving the O(N^2 D) work. Each thread keeps its own maxima (no atomics);
-// they are combined at the end.
 std::vector<float> nearest_better_similarity(const at::Tensor& xn, const std::vector<float>& density,
                                             AnchorRule rule) {
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  const int64_t n = xn.size(0), d = xn.size(1);
-  // Smaller tiles for small N, so that the pair list still splits evenly across threads.
-  const int64_t tile = n < 2048 ? 96 : 256;
-  const float* x = xn.const_data_ptr<float>();
-  const int64_t tiles = (n + tile - 1) / tile;
-  std::vector<std::pair<int64_t, int64_t>> pairs;
-  for (int64_t ti = 0; ti < tiles; ++ti)
-    for (int64_t tj = ti; tj < tiles; ++tj) pairs.emplace_back(ti, tj);
-
-  const int64_t threads = at::get_num_threads();
-  std::vector<float> partial(threads * n, neg_inf);
-  at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t p0, int64_t p1) {
-    float* best = partial.data() + at::get_thread_num() * n;
-    std::vector<float> sim(tile * tile);
-    for (int64_t p = p0; p < p1; ++p) {
-      const auto [ti, tj] = pairs[p];
-      const int64_t i0 = ti * tile, ni = std::min(tile, n - i0);
-      const int64_t j0 = tj * tile, nj = std::min(tile, n - j0);
-      // sim (ni x nj, row-major) = X_I X_J^T
-      sgemm_colmajor(true, false, nj, ni, d, 1.f, x + j0 * d, d, x + i0 * d, d, 0.f, sim.data(), nj);
-      for (int64_t r = 0; r < ni; ++r) {
-        const int64_t i = i0 + r;
-        const float* row = sim.data() + r * nj;
-        float best_i = best[i];
-        for (int64_t c = 0; c < nj; ++c) {
-          const int64_t j = j0 + c;
-          if (is_better(rule, density[i], density[j])) best_i = std::max(best_i, row[c]);
-          if (ti != tj && is_better(rule, density[j], density[i])) best[j] = std::max(best[j], row[c]);
-        }
-        best[i] = best_i;
-      }
-    }
-  });
-  std::vector<float> nearest(n, neg_inf);
-  for (int64_t t = 0; t < threads; ++t)
-    for (int64_t i = 0; i < n; ++i) nearest[i] = std::max(nearest[i], partial[t * n + i]);
-  for (float& v : nearest) v = v == neg_inf ? 0.f : v;  // similarities are finite: -inf means no better token
+  std::vector<float> nearest = masked_similarity_row_max(
+      xn.const_data_ptr<float>(), xn.size(0), xn.size(1),
+      [&](int64_t i, int64_t j) { return is_better(rule, density[i], density[j]); });
+  for (float& v : nearest) v = std::isinf(v) ? 0.f : v;  // similarities are finite: -inf means no better token
   return nearest;
 }
 

@@ -11,15 +11,13 @@
 #include <vector>
 
 #include "cpu/blas_gemm.h"
+#include "cpu/symmetric_tiles.h"
 #include "cpu/row_reductions.h"
 #include "op_checks.h"
 #include "restore/divprune_math.h"
 
 namespace restore {
 namespace {
-
-// Tile edge of the first pick's similarity blocks: 256 x 256 float32 (256 KiB) stays in a core's L2 cache.
-constexpr int64_t kTile = 256;
 
 float nearest_other_exact(const float* xn, int64_t n, int64_t d, int64_t i) {
   float best = -std::numeric_limits<float>::infinity();
@@ -34,37 +32,9 @@ float nearest_other_exact(const float* xn, int64_t n, int64_t d, int64_t i) {
 int64_t first_pick(const at::Tensor& xn) {
   const int64_t n = xn.size(0), d = xn.size(1);
   if (n == 1) return 0;
-  const float neg_inf = -std::numeric_limits<float>::infinity();
   const float* x = xn.const_data_ptr<float>();
-  // sim is symmetric: only tile pairs (I, J >= I) are computed, each serving the row maxima of I over J and of
-  // J over I (half the O(N^2 D) work). Each thread keeps its own maxima, combined at the end.
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  std::vector<std::pair<int64_t, int64_t>> pairs;
-  for (int64_t ti = 0; ti < tiles; ++ti)
-    for (int64_t tj = ti; tj < tiles; ++tj) pairs.emplace_back(ti, tj);
-  const int64_t threads = at::get_num_threads();
-  std::vector<float> partial(threads * n, neg_inf);
-  at::parallel_for(0, int64_t(pairs.size()), 1, [&](int64_t p0, int64_t p1) {
-    float* best = partial.data() + at::get_thread_num() * n;
-    std::vector<float> sim(kTile * kTile);
-    for (int64_t p = p0; p < p1; ++p) {
-      const auto [ti, tj] = pairs[p];
-      const int64_t i0 = ti * kTile, ni = std::min(kTile, n - i0);
-      const int64_t j0 = tj * kTile, nj = std::min(kTile, n - j0);
-      // Row-major sim (ni x nj) is column-major sim^T = X_J (nj x d) . X_I^T.
-      sgemm_colmajor(true, false, nj, ni, d, 1.f, x + j0 * d, d, x + i0 * d, d, 0.f, sim.data(), nj);
-      for (int64_t r = 0; r < ni; ++r) {
-        float* row = sim.data() + r * nj;
-        if (ti == tj) row[r] = neg_inf;  // j != i
-        best[i0 + r] = std::max(best[i0 + r], row_max(row, nj));
-        if (ti != tj)
-          for (int64_t c = 0; c < nj; ++c) best[j0 + c] = best[j0 + c] > row[c] ? best[j0 + c] : row[c];
-      }
-    }
-  });
-  std::vector<float> nearest(partial.begin(), partial.begin() + n);
-  for (int64_t t = 1; t < threads; ++t)
-    for (int64_t i = 0; i < n; ++i) nearest[i] = std::max(nearest[i], partial[t * n + i]);
+  const std::vector<float> nearest =
+      masked_similarity_row_max(x, n, d, [](int64_t i, int64_t j) { return i != j; });
   constexpr float kSlack = 1e-4f;  // far above float32 GEMM rounding of unit-vector dot products
   const float lowest = *std::min_element(nearest.begin(), nearest.end());
   std::vector<int64_t> candidates;
