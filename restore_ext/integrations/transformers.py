@@ -3,7 +3,7 @@
 After ``apply_restore``, the model's own ``model(...)`` and ``model.generate(...)`` run RESTORE:
 
 1. *Reduce*: after the projector, each image's N visual tokens become ``num_tokens``: ``num_tokens * keep_ratio``
-   kept by the base method, the rest merged into anchors (:func:`restore_ext.restore_reduce`); every output
+   kept by the base method, the rest merged into anchors (:func:`restore_ext.reduce`); every output
    remembers ``size`` (original tokens it stands for) and ``position`` (original index it keeps).
 2. *Preserve positions*: the language model sees the shortened sequence (text, reduced visual tokens in position
    order, text) with the position ids the tokens had in the full sequence; decode steps continue in that frame.
