@@ -116,6 +116,8 @@ with open(os.path.join(ROOT, "restore_ext", "_build_info.py"), "w") as f:
 
 setup(
     name="restore_ext",
+    # A C++ extension loads only into the torch it was compiled against: pin it (the import check says the same).
+    install_requires=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
     packages=find_packages(include=["restore_ext", "restore_ext.*"]),
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension},
