@@ -103,3 +103,19 @@ def _calibrated_attention_fake(q, k, v, log_size, q_pos, k_pos, table, causal=Tr
     torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, lambda: "calibrated_attention: q, k, v must be 4-D")
     torch._check(q.shape[2] % k.shape[2] == 0, lambda: "calibrated_attention: k's heads must divide q's heads")
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
+def _inference_only(name):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"restore::{name} has no backward: restore_ext's ops are inference-only (RESTORE is applied at "
+            "inference time). Run it under torch.no_grad() / torch.inference_mode(), or on detached tensors."
+        )
+
+    return backward
+
+
+# Without an autograd kernel, backprop through these ops would silently yield no gradient (PyTorch only
+# warns); a clear error is the honest answer. topk_indices and divprune_indices return integers only.
+for _name in ("calibrated_attention", "anchor_merge"):
+    torch.library.register_autograd(f"restore::{_name}", _inference_only(_name))

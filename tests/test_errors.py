@@ -111,3 +111,15 @@ def test_nastiest_inputs_do_not_crash_the_process():
         """
     )
     assert result.returncode == 0 and "survived" in result.stdout, result.stdout + result.stderr
+
+
+def test_backward_through_the_ops_raises_instead_of_silent_zero_gradients():
+    q = torch.randn(1, 4, 2, 8, requires_grad=True)
+    out = restore_ext.calibrated_attention(q, q.detach(), q.detach())
+    with pytest.raises(RuntimeError, match="calibrated_attention has no backward"):
+        out.sum().backward()
+    x = torch.randn(1, 6, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="anchor_merge has no backward"):
+        restore_ext.anchor_merge(x, 2).merged.sum().backward()
+    with torch.no_grad():  # the normal inference path is unaffected
+        assert restore_ext.calibrated_attention(q, q, q).shape == q.shape
