@@ -6,7 +6,7 @@ import torch
 import restore_ext
 from restore_ext import reference
 
-from conftest import DTYPES, HAS_CUDA
+from conftest import DTYPES, HAS_CUDA, run_isolated
 from divprune_check import exact_or_close
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU visible")]
@@ -82,6 +82,38 @@ def test_anchor_merge_cuda_large_n_no_n_by_n():
     assert torch.cuda.max_memory_allocated() - before < 20000 * 20000 * 4 // 8  # far below one N x N float
     assert int(out.size.sum()) == 20000
 
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("poison", ["nan", "inf"])
+def test_anchor_merge_cuda_nan_or_inf_token_does_not_crash(dtype, poison):
+    """A token with a NaN or inf feature (an fp16 overflow) has NaN similarity to every anchor. The GPU
+    argmax used to keep its initial slot INT64_MAX for such a token, and size.scatter_add_ then failed a
+    device-side assert (a dead CUDA context). The CPU kernel and the reference give it slot 0; so must CUDA.
+    Run in a fresh interpreter so a regression fails this test only, not every CUDA test after it."""
+    proc = run_isolated(f"""
+        import math, torch, restore_ext
+        from restore_ext import reference
+        g = torch.Generator().manual_seed(0)
+        x = torch.zeros(2, 12, 8)
+        for i in range(11):
+            x[:, i, i % 4] = 1.0  # four clear clusters: tokens 0-3 and their noisy copies
+        x[:, 4:11] += 0.1 * torch.randn(2, 7, 8, generator=g)
+        x[:, 11] = torch.randn(2, 8, generator=g)
+        x[0, 11, 5] = math.{poison}
+        x[1, 11, 3] = math.{poison}
+        x = x.to(torch.{dtype})
+        got = restore_ext.anchor_merge(x.cuda(), 4)
+        torch.cuda.synchronize()
+        want = reference.anchor_merge(x, 4)
+        cpu = restore_ext.anchor_merge(x, 4)
+        for name in ("anchors", "assign", "size"):
+            g_, w_, c_ = getattr(got, name).cpu(), getattr(want, name), getattr(cpu, name)
+            assert torch.equal(g_, w_) and torch.equal(g_, c_), (name, g_, w_, c_)
+        torch.testing.assert_close(got.merged.cpu(), cpu.merged, equal_nan=True, rtol=1e-3, atol=1e-3)
+        print("ok")
+    """)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
 
 @pytest.mark.parametrize("n,k", [(576, 64), (2880, 192), (20000, 32)])
 def test_divprune_cuda_matches_cpu_and_reference(n, k):

@@ -96,7 +96,11 @@ struct AssignEpilogue {
   int64_t n;
   int64_t* assign;  // (B, N)
 
-  __device__ State init() const { return {-INFINITY, INT64_MAX}; }
+  // Index 0, not a sentinel: a token whose similarities are all NaN (a NaN or inf feature, e.g. an fp16
+  // overflow) never beats the initial state, and an out-of-range slot would make the size scatter_add_
+  // below fail a device-side assert. Slot 0 is what the CPU kernel and the reference (argmax) give such a
+  // row. Finite similarities always beat -inf, so every other row is unchanged.
+  __device__ State init() const { return {-INFINITY, 0}; }
   __device__ void update(State& s, int64_t, int64_t, int64_t slot, float sim) const {
     s = argmax_combine(s, State{sim, slot});
   }
