@@ -27,4 +27,20 @@ AttentionShape check_calibrated_attention_args(
     const std::optional<at::Tensor>& k_pos, const std::optional<at::Tensor>& table,
     std::optional<double> scale);
 
+// calibrated_attention's optional bias inputs as the kernels read them: contiguous, positions widened to int64
+// (on the inputs' device, no host sync). The tensors own the memory behind the pointers; absent inputs leave
+// both undefined / null.
+struct AttentionBias {
+  at::Tensor log_size, q_pos, k_pos, table;
+  const float* log_size_data = nullptr;
+  const int64_t* q_pos_data = nullptr;
+  const int64_t* k_pos_data = nullptr;
+  const float* table_data = nullptr;
+};
+
+AttentionBias contiguous_attention_bias(const AttentionShape& s, const std::optional<at::Tensor>& log_size,
+                                        const std::optional<at::Tensor>& q_pos,
+                                        const std::optional<at::Tensor>& k_pos,
+                                        const std::optional<at::Tensor>& table);
+
 }  // namespace restore

@@ -24,16 +24,9 @@ namespace {
 constexpr int64_t kRowBlock = 128;
 constexpr int64_t kKeyBlock = 256;
 
-struct BiasInputs {
-  const float* log_size = nullptr;  // (B, Lk) contiguous, or null
-  const int64_t* q_pos = nullptr;   // (B, Lq) contiguous, or null (then k_pos and table are null too)
-  const int64_t* k_pos = nullptr;
-  const float* table = nullptr;
-};
-
 // Q, K, V as float32 with a contiguous last dim; O written in `out`'s dtype.
 template <typename scalar_t>
-void attention_cpu_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const BiasInputs& bias,
+void attention_cpu_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionBias& bias,
                           const AttentionShape& s, bool causal, at::Tensor& out) {
   const int64_t dh = s.head_dim, lq = s.lq, lk = s.lk;
   const int64_t group = s.heads / s.kv_heads;
@@ -44,7 +37,7 @@ void attention_cpu_kernel(const at::Tensor& q, const at::Tensor& k, const at::Te
   const float* v_base = v.const_data_ptr<float>();
   scalar_t* o_base = out.data_ptr<scalar_t>();
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  std::vector<float> zero_log_size(bias.table && !bias.log_size ? kKeyBlock : 0, 0.f);
+  std::vector<float> zero_log_size(bias.table_data && !bias.log_size_data ? kKeyBlock : 0, 0.f);
 
   at::parallel_for(0, s.batch * s.kv_heads * row_blocks, 1, [&](int64_t w0, int64_t w1) {
     std::vector<float> q_buf(kRowBlock * dh), scores(kRowBlock * kKeyBlock), acc(kRowBlock * dh);
@@ -71,17 +64,17 @@ void attention_cpu_kernel(const at::Tensor& q, const at::Tensor& k, const at::Te
         const float* vf = v_base + b * v.stride(0) + j0 * v.stride(1) + hk * v.stride(2);
         // scores (nr x nk, row-major) = scale * Q K^T; BLAS is column-major, hence the swapped operands.
         sgemm_colmajor(true, false, nk, nr, dh, s.scale, kf, k.stride(1), q_buf.data(), dh, 0.f, scores.data(), nk);
-        const float* ls = bias.log_size ? bias.log_size + b * lk + j0 : zero_log_size.data();
-        const int64_t* kp = bias.k_pos ? bias.k_pos + b * lk + j0 : nullptr;
+        const float* ls = bias.log_size_data ? bias.log_size_data + b * lk + j0 : zero_log_size.data();
+        const int64_t* kp = bias.k_pos_data ? bias.k_pos_data + b * lk + j0 : nullptr;
         for (int64_t r = 0; r < nr; ++r) {
           const int64_t i = (r0 + r) / group;
           // Keys j <= i + lk - lq are visible: a prefix of the block.
           const int64_t visible =
               causal ? std::clamp<int64_t>(i + lk - lq + 1 - j0, 0, nk) : nk;
           float* row = scores.data() + r * nk;
-          const float block_max = add_bias_and_max(row, nk, visible, bias.log_size || bias.table ? ls : nullptr, kp,
-                                                   bias.q_pos ? bias.q_pos[b * lq + i] : 0, bias.table,
-                                                   s.table_len);
+          const float block_max =
+              add_bias_and_max(row, nk, visible, bias.log_size_data || bias.table_data ? ls : nullptr, kp,
+                               bias.q_pos_data ? bias.q_pos_data[b * lq + i] : 0, bias.table_data, s.table_len);
           const float new_max = std::max(row_max[r], block_max);
           const float sum = exp_and_sum(row, nk, softmax_offset(new_max));
           const float factor = rescale_factor(row_max[r], new_max);
@@ -118,21 +111,7 @@ at::Tensor calibrated_attention_cpu(const at::Tensor& q, const at::Tensor& k, co
   // K and V in float32 once (a no-op for float32 inputs): every query block reads them, and BLAS wants
   // float32. O(Lk x Dh) extra memory for half/bfloat16, never O(Lq x Lk).
   const at::Tensor kf = k.to(at::kFloat), vf = v.to(at::kFloat);
-  // Keep the contiguous copies alive for the kernel's raw pointers.
-  at::Tensor ls, qp, kp, tb;
-  BiasInputs bias;
-  if (s.has_log_size) {
-    ls = log_size->contiguous();
-    bias.log_size = ls.const_data_ptr<float>();
-  }
-  if (s.has_positions) {
-    qp = q_pos->to(at::kLong).contiguous();
-    kp = k_pos->to(at::kLong).contiguous();
-    tb = table->contiguous();
-    bias.q_pos = qp.const_data_ptr<int64_t>();
-    bias.k_pos = kp.const_data_ptr<int64_t>();
-    bias.table = tb.const_data_ptr<float>();
-  }
+  const AttentionBias bias = contiguous_attention_bias(s, log_size, q_pos, k_pos, table);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "calibrated_attention_cpu",
                                   [&] { attention_cpu_kernel<scalar_t>(q, kf, vf, bias, s, causal, out); });
   return out;

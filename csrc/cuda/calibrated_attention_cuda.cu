@@ -82,20 +82,12 @@ at::Tensor calibrated_attention_cuda(const at::Tensor& q_in, const at::Tensor& k
   p.causal = causal;
 
   // Kept alive until the launches are queued; int32 positions widen on the device (no host sync).
-  at::Tensor ls, qp, kp, tb;
-  if (s.has_log_size) {
-    ls = log_size->contiguous();
-    p.log_size = ls.const_data_ptr<float>();
-  }
-  if (s.has_positions) {
-    qp = q_pos->to(at::kLong).contiguous();
-    kp = k_pos->to(at::kLong).contiguous();
-    tb = table->contiguous();
-    p.q_pos = qp.const_data_ptr<int64_t>();
-    p.k_pos = kp.const_data_ptr<int64_t>();
-    p.table = tb.const_data_ptr<float>();
-    p.table_len = s.table_len;
-  }
+  const AttentionBias bias = contiguous_attention_bias(s, log_size, q_pos, k_pos, table);
+  p.log_size = bias.log_size_data;
+  p.q_pos = bias.q_pos_data;
+  p.k_pos = bias.k_pos_data;
+  p.table = bias.table_data;
+  if (s.has_positions) p.table_len = s.table_len;
 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   bool done = false;
