@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/normalise_density.h"
 #include "cpu/symmetric_tiles.h"
 #include "cpu/topk_select.h"
 #include "op_checks.h"
@@ -98,14 +99,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> anchor_merge_cpu(cons
   std::vector<int64_t> scratch(n);
   for (int64_t b = 0; b < batch; ++b) {
     const at::Tensor xf = x[b].to(at::kFloat).contiguous();
-    // Normalisation and density in float64, then rounded to float32 as the reference does: values that are
-    // equal in exact arithmetic (N = 2, mirrored tokens) then compare equal instead of by rounding noise.
-    // O(N*D) work; the O(N^2*D) similarity passes below run in float32.
-    const at::Tensor x64 = xf.to(at::kDouble);
-    const at::Tensor xn64 = x64 / x64.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
-    const at::Tensor xn = xn64.to(at::kFloat);
-    const at::Tensor density_t = at::mv(xn64, xn64.sum(0)).to(at::kFloat).contiguous();
-    const std::vector<float> density(density_t.const_data_ptr<float>(), density_t.const_data_ptr<float>() + n);
+    at::Tensor xn = at::empty_like(xf);
+    std::vector<float> density(n);
+    normalise_and_density(xf.const_data_ptr<float>(), n, d, xn.data_ptr<float>(), density.data());
 
     const std::vector<float> nearest = nearest_better_similarity(xn, density, rule);
     for (int64_t i = 0; i < n; ++i)
