@@ -120,7 +120,9 @@ def anchor_merge(x: Tensor, num_anchors: int, rule: str = "reference") -> Anchor
     sim, _, _, score = anchor_scores(x, rule)
     anchors = topk_indices(score, num_anchors)
     to_anchor = sim.gather(2, anchors[:, None, :].expand(b, n, num_anchors))
-    assign = to_anchor.argmax(-1)  # first maximum: ties to the lower slot
+    # First maximum: ties to the lower slot. A NaN similarity (a token with a NaN or inf feature) never
+    # wins, so one poisoned anchor does not capture every token; a row with no number at all gets slot 0.
+    assign = torch.where(to_anchor.isnan(), -math.inf, to_anchor).argmax(-1)
     assign.scatter_(1, anchors, torch.arange(num_anchors, device=x.device).expand(b, num_anchors))
     size = torch.zeros(b, num_anchors, dtype=torch.long, device=x.device)
     size.scatter_add_(1, assign, torch.ones_like(assign))

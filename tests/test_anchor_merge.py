@@ -102,6 +102,30 @@ def test_exact_ties_duplicates_and_zero_vectors(device, rule):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("poisoned", [0, 2])
+def test_nan_anchor_never_captures_tokens(device, poisoned):
+    """A NaN feature (an fp16 overflow upstream) makes every density NaN, so the anchors are the first K
+    tokens by index, and the poisoned anchor's similarity column is NaN. A NaN similarity never wins the
+    token -> anchor argmax, on every device and in the reference: the clean tokens still join their own
+    cluster's anchor instead of all landing in the poisoned slot."""
+    x = torch.zeros(1, 12, 8)
+    for i in range(12):
+        x[0, i, i % 4] = 1.0 + 0.1 * i  # four clusters; tokens 0-3 (the anchors) one of each
+    x[0, poisoned, 6] = float("nan")
+    got = restore_ext.anchor_merge(x.to(device), 4)
+    want = ref.anchor_merge(x, 4)
+    assert got.anchors.tolist() == [[0, 1, 2, 3]]
+    # The poisoned cluster's other tokens are orthogonal to every clean anchor: a tie at 0, lowest clean slot.
+    orphan_slot = 1 if poisoned == 0 else 0
+    clean = [i % 4 if i % 4 != poisoned else orphan_slot for i in range(12)]
+    clean[poisoned] = poisoned  # an anchor keeps its own slot
+    assert want.assign.tolist() == [clean]
+    for name in ("anchors", "assign", "size"):
+        assert torch.equal(getattr(got, name).cpu(), getattr(want, name)), name
+    torch.testing.assert_close(got.merged.cpu(), want.merged.float(), equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_k_equals_n_is_identity(device):
     x = torch.randn(2, 33, 12, device=device)
     out = restore_ext.anchor_merge(x, 33)

@@ -45,8 +45,11 @@ void assign_to_anchors(const at::Tensor& xn, const int64_t* anchors, int64_t num
     at::parallel_for(r0, r1, 64, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const float* row = s + (i - r0) * num_anchors;
+        // As the CUDA kernel: a NaN similarity never wins, a row without any number gets slot 0.
         int64_t best = 0;
-        for (int64_t a = 1; a < num_anchors; ++a) best = row[a] > row[best] ? a : best;
+        float best_sim = -std::numeric_limits<float>::infinity();
+        for (int64_t a = 0; a < num_anchors; ++a)
+          if (row[a] > best_sim) best_sim = row[a], best = a;
         assign[i] = best;
       }
     });
