@@ -83,13 +83,7 @@ double run_case(const Case& c, uint32_t seed) {
     partial_lse.assign(p.num_splits * out_rows, 777.f);
     p.partial_out = partial_out.data(), p.partial_lse = partial_lse.data();
   }
-  std::barrier<> block(Traits::kThreads);
-  std::vector<std::unique_ptr<std::barrier<>>> warps;
-  emu::block_barrier = &block;
-  for (int w = 0; w < Traits::kWarps; ++w) {
-    warps.push_back(std::make_unique<std::barrier<>>(32));
-    emu::warp_barrier[w] = warps.back().get();
-  }
+  emu::Block block(Traits::kThreads);
   for (int bz = 0; bz < B; ++bz)
     for (int by = 0; by < head_blocks; ++by)
       for (int bx = 0; bx < m_blocks * p.num_splits; ++bx) {
@@ -97,7 +91,7 @@ double run_case(const Case& c, uint32_t seed) {
         std::vector<std::thread> threads;
         for (int t = 0; t < Traits::kThreads; ++t)
           threads.emplace_back([&, t] {
-            threadIdx.x = t, blockIdx.x = bx, blockIdx.y = by, blockIdx.z = bz;
+            emu::block = &block, threadIdx.x = t, blockIdx.x = bx, blockIdx.y = by, blockIdx.z = bz;
             calibrated_attention_fwd_kernel<Traits>(p);
           });
         for (auto& t : threads) t.join();

@@ -6,61 +6,26 @@
 // the transposed matrix with .trans; mma.m16n8k16: a0..a3 = A[g][2t], A[g+8][2t], A[g][2t+8],
 // A[g+8][2t+8], b0, b1 = B[2t][g], B[2t+8][g], c0..c3 = C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1],
 // with g = lane/4, t = lane%4 and each 32-bit register holding two consecutive k, the lower in the low half).
-#include <barrier>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
+#define __shared__  // the kernel's only shared array is `extern __shared__`, defined by the emulator
+#include "emulated_cuda.h"
+
 #include <type_traits>
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#define __device__
-#define __global__
-#define __forceinline__ inline
-#define __launch_bounds__(x)
-#define __shared__
-#define __align__(x) __attribute__((aligned(x)))
-
 using __half = c10::Half;  // same 16 bits, round-to-nearest-even conversions
 using __nv_bfloat16 = c10::BFloat16;
 
-struct Dim3 {
-  int x = 0, y = 0, z = 0;
-};
-inline thread_local Dim3 threadIdx, blockIdx;
 struct float2 {
   float x, y;
 };
 inline float2 make_float2(float a, float b) { return {a, b}; }
-inline int min(int a, int b) { return a < b ? a : b; }
-template <typename T>
-T __ldg(const T* p) {
-  return *p;
-}
 
 namespace emu {
-constexpr int kMaxWarps = 4;
-inline std::barrier<>* block_barrier;
-inline std::barrier<>* warp_barrier[kMaxWarps];
 inline const void* addresses[kMaxWarps][32];
 inline uint32_t operands[kMaxWarps][32][6];
-inline float values[kMaxWarps][32];
-inline int warp() { return threadIdx.x / 32; }
-inline int lane() { return threadIdx.x % 32; }
-inline void warp_sync() { warp_barrier[warp()]->arrive_and_wait(); }
 }  // namespace emu
-
-inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
-
-inline float __shfl_xor_sync(unsigned, float x, int mask) {
-  const int w = emu::warp(), l = emu::lane();
-  emu::values[w][l] = x;
-  emu::warp_sync();
-  const float r = emu::values[w][l ^ mask];
-  emu::warp_sync();
-  return r;
-}
 
 namespace restore::attention {
 

@@ -1,0 +1,108 @@
+#pragma once
+// The CUDA execution model on the host, for tests/cuda_emulation: one std::thread per CUDA thread,
+// __syncthreads as a block barrier, warp shuffles through per-warp arrays between two warp barriers, and
+// for cooperative launches every block at once with grid.sync() as a barrier over all threads. Each
+// emulator defines __shared__ before including this: `static` makes a kernel's shared variables one object
+// for all threads, which is right only while blocks run one after another (so a cooperative kernel gets
+// its shared memory passed in by the emulator).
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+#define __align__(x) __attribute__((aligned(x)))
+
+struct Dim3 {
+  int x = 0, y = 0, z = 0;
+};
+inline thread_local Dim3 threadIdx, blockIdx;
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+inline int min(int a, int b) { return a < b ? a : b; }
+template <typename T>
+T __ldg(const T* p) {
+  return *p;
+}
+
+namespace emu {
+constexpr int kMaxWarps = 16;
+
+// What the threads of one block share: its barrier, its warps' barriers and shuffle slots.
+struct Block {
+  std::barrier<> barrier;
+  std::vector<std::unique_ptr<std::barrier<>>> warps;
+  uint64_t values[kMaxWarps][32];
+  explicit Block(int threads) : barrier(threads) {
+    for (int w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * w)));
+  }
+};
+inline thread_local Block* block;           // the calling thread's block
+inline std::barrier<>* grid_barrier;        // every thread of a cooperative launch
+inline int warp() { return threadIdx.x / 32; }
+inline int lane() { return threadIdx.x % 32; }
+inline void warp_sync() { block->warps[warp()]->arrive_and_wait(); }
+
+// Runs body() as every thread of every block of `grid`; cooperative: all blocks at once (grid.sync()
+// works), otherwise one block after another.
+inline void launch(dim3 grid, int threads, const std::function<void()>& body, bool cooperative = false) {
+  const unsigned blocks = grid.x * grid.y * grid.z;
+  std::barrier<> everyone(std::ptrdiff_t(blocks) * threads);
+  grid_barrier = &everyone;
+  auto run = [&](unsigned first, unsigned count) {
+    std::vector<std::unique_ptr<Block>> state;
+    std::vector<std::thread> pool;
+    for (unsigned id = first; id < first + count; ++id) {
+      state.push_back(std::make_unique<Block>(threads));
+      Block* blk = state.back().get();
+      const Dim3 idx{int(id % grid.x), int(id / grid.x % grid.y), int(id / (grid.x * grid.y))};
+      for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&body, blk, idx, t] {
+          block = blk, threadIdx = Dim3{t, 0, 0}, blockIdx = idx;
+          body();
+        });
+    }
+    for (auto& t : pool) t.join();
+  };
+  if (cooperative) {
+    run(0, blocks);
+  } else {
+    for (unsigned id = 0; id < blocks; ++id) run(id, 1);
+  }
+  grid_barrier = nullptr;
+}
+}  // namespace emu
+
+inline void __syncthreads() { emu::block->barrier.arrive_and_wait(); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned, T x, int mask) {
+  static_assert(sizeof(T) <= sizeof(uint64_t));
+  const int w = emu::warp(), l = emu::lane();
+  std::memcpy(&emu::block->values[w][l], &x, sizeof(T));
+  emu::warp_sync();
+  T r;
+  std::memcpy(&r, &emu::block->values[w][l ^ mask], sizeof(T));
+  emu::warp_sync();
+  return r;
+}
+
+// Atomics: one lock is plenty for tests.
+inline unsigned atomicAdd(unsigned* address, unsigned v) {
+  static std::mutex lock;
+  std::lock_guard<std::mutex> guard(lock);
+  const unsigned old = *address;
+  *address = old + v;
+  return old;
+}
