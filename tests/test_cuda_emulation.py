@@ -2,6 +2,8 @@
 shared memory and PTX fragment layouts emulated): catches indexing bugs where no GPU is.
 
 - emulate_fwd_kernel: the tensor-core calibrated_attention kernel (fwd_kernel.h) against float64.
+- emulate_attention_kernels: the SIMT attention kernel (simt_kernel.h) against float64 and the
+  flash-decoding combine (combine_kernel.h) against the same merge in float64.
 - emulate_reduction_kernels: the radix-select top-k (block_topk.cuh), the fused tiled similarity row
   reduction (similarity_tiles.cuh) and DivPrune's cooperative greedy kernel (divprune_greedy.cuh, every
   block at once with grid.sync()) against host loops.
@@ -36,6 +38,11 @@ def fwd_emulator(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def attention_emulator(tmp_path_factory):
+    return build(tmp_path_factory, "emulate_attention_kernels")
+
+
+@pytest.fixture(scope="module")
 def reduction_emulator(tmp_path_factory):
     return build(tmp_path_factory, "emulate_reduction_kernels")
 
@@ -43,6 +50,12 @@ def reduction_emulator(tmp_path_factory):
 @pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
 def test_emulated_attention_kernel_matches_float64(fwd_emulator, head_dim):
     run = subprocess.run([fwd_emulator, str(head_dim)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("kernel", ["simt", "combine"])
+def test_emulated_simt_and_combine_kernels_match_float64(attention_emulator, kernel):
+    run = subprocess.run([attention_emulator, kernel], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
 
 

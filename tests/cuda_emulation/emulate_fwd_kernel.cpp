@@ -6,6 +6,7 @@
 // Usage: emulate_fwd_kernel [head_dim]; exit status 1 if any case is off.
 #include "cuda/calibrated_attention/sm80_ptx.h"
 #include "cuda/calibrated_attention/fwd_kernel.h"
+#include "attention_reference.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -110,34 +111,7 @@ double run_case(const Case& c, uint32_t seed) {
     }
   }
 
-  double max_err = 0;
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < H; ++h)
-      for (int i = 0; i < Lq; ++i) {
-        const int hk = h / (H / Hkv);
-        const E* qi = q.data() + b * p.q_batch_stride + i * p.q_row_stride + h * p.q_head_stride;
-        std::vector<double> w(Lk);
-        double m = -INFINITY, total = 0;
-        for (int j = 0; j < Lk; ++j) {
-          const E* kj = k.data() + ((size_t(b) * Lk + j) * Hkv + hk) * D;
-          double x = 0;
-          for (int d = 0; d < D; ++d) x += double(float(qi[d])) * double(float(kj[d]));
-          x /= std::sqrt(double(D));
-          if (c.log_size) x += ls[b * Lk + j];
-          if (c.pos) x += table[std::clamp<int64_t>(qp[b * Lq + i] - kp[b * Lk + j], 0, c.T - 1)];
-          if (c.causal && j > i + Lk - Lq) x = -INFINITY;
-          w[j] = x, m = std::max(m, x);
-        }
-        for (auto& x : w) total += x = std::exp(x - (std::isfinite(m) ? m : 0));
-        for (int d = 0; d < D; ++d) {
-          double o = 0;
-          for (int j = 0; j < Lk; ++j) o += w[j] * double(float(v[((size_t(b) * Lk + j) * Hkv + hk) * D + d]));
-          o = total > 0 ? o / total : 0;
-          const double got = float(out[((size_t(b) * Lq + i) * H + h) * D + d]);
-          max_err = std::isnan(got) ? INFINITY : std::max(max_err, std::abs(got - o));
-        }
-      }
-  return max_err;
+  return max_abs_error(out, reference_attention<E>(p));
 }
 
 template <int D, typename E>

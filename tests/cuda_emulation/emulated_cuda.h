@@ -85,6 +85,7 @@ inline void launch(dim3 grid, int threads, const std::function<void()>& body, bo
 }  // namespace emu
 
 inline void __syncthreads() { emu::block->barrier.arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_sync(); }
 
 template <typename T>
 T __shfl_xor_sync(unsigned, T x, int mask) {

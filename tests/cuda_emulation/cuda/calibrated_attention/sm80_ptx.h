@@ -6,7 +6,9 @@
 // the transposed matrix with .trans; mma.m16n8k16: a0..a3 = A[g][2t], A[g+8][2t], A[g][2t+8],
 // A[g+8][2t+8], b0, b1 = B[2t][g], B[2t+8][g], c0..c3 = C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1],
 // with g = lane/4, t = lane%4 and each 32-bit register holding two consecutive k, the lower in the low half).
-#define __shared__  // the kernel's only shared array is `extern __shared__`, defined by the emulator
+#ifndef __shared__
+#define __shared__  // fwd_kernel.h's only shared array is `extern __shared__`, defined by its emulator
+#endif
 #include "emulated_cuda.h"
 
 #include <type_traits>
@@ -16,6 +18,8 @@
 
 using __half = c10::Half;  // same 16 bits, round-to-nearest-even conversions
 using __nv_bfloat16 = c10::BFloat16;
+inline __half __float2half_rn(float x) { return __half(x); }
+inline __nv_bfloat16 __float2bfloat16_rn(float x) { return __nv_bfloat16(x); }
 
 struct float2 {
   float x, y;
