@@ -5,8 +5,9 @@ shared memory and PTX fragment layouts emulated): catches indexing bugs where no
 - emulate_attention_kernels: the SIMT attention kernel (simt_kernel.h) against float64 and the
   flash-decoding combine (combine_kernel.h) against the same merge in float64.
 - emulate_reduction_kernels: the radix-select top-k (block_topk.cuh), the fused tiled similarity row
-  reduction (similarity_tiles.cuh) and DivPrune's cooperative greedy kernel (divprune_greedy.cuh, every
-  block at once with grid.sync()) against host loops.
+  reduction (similarity_tiles.cuh), DivPrune's cooperative greedy kernel (divprune_greedy.cuh, every
+  block at once with grid.sync()) and the whole anchor_merge pipeline (anchor_merge_kernels.cuh, launched as
+  anchor_merge_cuda.cu does) against host loops and SPEC §2 in float64.
 """
 import os
 import shutil
@@ -59,7 +60,7 @@ def test_emulated_simt_and_combine_kernels_match_float64(attention_emulator, ker
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-@pytest.mark.parametrize("kernel", ["topk", "similarity", "divprune"])
+@pytest.mark.parametrize("kernel", ["topk", "similarity", "divprune", "anchor_merge"])
 def test_emulated_reduction_kernel_matches_host_loops(reduction_emulator, kernel):
     run = subprocess.run([reduction_emulator, kernel], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and "all cases match" in run.stdout, f"rc={run.returncode}\n{run.stdout}{run.stderr}"

@@ -5,10 +5,13 @@
 // (csrc/cuda/divprune_greedy.cuh, every block at once, grid.sync() as a barrier), against plain host loops.
 // It checks indexing, tile edges, barriers between phases, warp-shuffle combines and the cross-block
 // proposal exchange; it cannot see timing, races that the barriers hide, or compiler issues.
-// Usage: emulate_reduction_kernels [topk|similarity|divprune]; exit status 1 if any case is off.
+// The whole anchor_merge pipeline (csrc/cuda/anchor_merge_kernels.cuh, launched as anchor_merge_cuda.cu
+// does, its ATen steps done on the host) is checked against SPEC §2 in float64.
+// Usage: emulate_reduction_kernels [topk|similarity|divprune|anchor_merge]; exit status 1 if any case is off.
 #define __shared__ static  // one object per kernel instantiation: what the threads of a block share
 #include "emulated_cuda.h"
 
+#include "cuda/anchor_merge_kernels.cuh"
 #include "cuda/block_topk.cuh"
 #include "cuda/divprune_greedy.cuh"
 #include "cuda/similarity_tiles.cuh"
@@ -230,11 +233,162 @@ int divprune_cases() {
   return bad;
 }
 
+struct AnchorMergeOut {
+  std::vector<int64_t> anchors, assign, size;
+  std::vector<double> merged;
+};
+
+// SPEC §2 in float64, with density, nearest and score rounded to float32 before any decision (as
+// restore_ext.reference does).
+AnchorMergeOut anchor_merge_expected(const float* x, int64_t n, int64_t d, int64_t k, AnchorRule rule) {
+  std::vector<double> xn(n * d);
+  for (int64_t i = 0; i < n; ++i) {
+    double sq = 0;
+    for (int64_t f = 0; f < d; ++f) sq += double(x[i * d + f]) * x[i * d + f];
+    for (int64_t f = 0; f < d; ++f) xn[i * d + f] = x[i * d + f] / std::max(std::sqrt(sq), 1e-12);
+  }
+  auto sim = [&](int64_t i, int64_t j) {
+    double acc = 0;
+    for (int64_t f = 0; f < d; ++f) acc += xn[i * d + f] * xn[j * d + f];
+    return acc;
+  };
+  std::vector<float> density(n), score(n);
+  for (int64_t i = 0; i < n; ++i) {
+    double acc = 0;
+    for (int64_t j = 0; j < n; ++j) acc += sim(i, j);
+    density[i] = float(acc);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    double nearest = -INFINITY;
+    for (int64_t j = 0; j < n; ++j)
+      if (is_better(rule, density[i], density[j])) nearest = std::max(nearest, sim(i, j));
+    const float near32 = std::isinf(nearest) ? 0.f : float(nearest);
+    score[i] = float(distinctive_score(double(density[i]), double(near32)));
+  }
+  AnchorMergeOut out;
+  out.anchors = topk_expected(score.data(), n, k);
+  out.assign.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t best = 0;
+    double best_sim = -INFINITY;
+    for (int64_t s = 0; s < k; ++s)
+      if (sim(i, out.anchors[s]) > best_sim) best_sim = sim(i, out.anchors[s]), best = s;
+    out.assign[i] = best;
+  }
+  for (int64_t s = 0; s < k; ++s) out.assign[out.anchors[s]] = s;
+  out.size.assign(k, 0);
+  out.merged.assign(k * d, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    ++out.size[out.assign[i]];
+    for (int64_t f = 0; f < d; ++f) out.merged[out.assign[i] * d + f] += x[i * d + f];
+  }
+  for (int64_t s = 0; s < k; ++s)
+    for (int64_t f = 0; f < d; ++f) out.merged[s * d + f] /= double(out.size[s]);
+  return out;
+}
+
+// anchor_merge_cuda's launches in its order; the ATen steps between them (gather, scatter, stable sort,
+// cumsum) on the host.
+AnchorMergeOut anchor_merge_emulated(const std::vector<float>& xf, int64_t batch, int64_t n, int64_t d, int64_t k,
+                                     AnchorRule rule) {
+  using namespace anchor_kernels;
+  std::vector<double> denom(batch * n), colsum(batch * d);
+  std::vector<float> xn(batch * n * d), density(batch * n), nearest(batch * n);
+  const unsigned token_blocks = unsigned((batch * n + kDensityThreads / kWarp - 1) / (kDensityThreads / kWarp));
+  emu::launch(dim3(token_blocks), kDensityThreads,
+              [&] { normalise_kernel(xf.data(), batch * n, d, denom.data(), xn.data()); });
+  emu::launch(dim3(unsigned((d + kDensityThreads - 1) / kDensityThreads), unsigned(batch)), kDensityThreads,
+              [&] { colsum_kernel(xf.data(), denom.data(), n, d, colsum.data()); });
+  emu::launch(dim3(token_blocks), kDensityThreads, [&] {
+    density_kernel(xf.data(), denom.data(), colsum.data(), batch, n, d, density.data());
+  });
+  emu::launch(similarity_grid(batch, n), kSimThreads, [&] {
+    row_reduce_similarity_kernel(xn.data(), n, xn.data(), n, d,
+                                 NearestBetterEpilogue{density.data(), n, rule, nearest.data()});
+  });
+  AnchorMergeOut out;
+  out.anchors.assign(batch * k, -1);
+  emu::launch(dim3(unsigned(batch)), anchor_kernels::kTopkThreads,
+              [&] { anchor_topk_kernel(density.data(), nearest.data(), n, k, out.anchors.data()); });
+  std::vector<float> anchor_xn(batch * k * d);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t s = 0; s < k; ++s)
+      std::copy_n(&xn[(b * n + out.anchors[b * k + s]) * d], d, &anchor_xn[(b * k + s) * d]);
+  out.assign.assign(batch * n, -1);
+  emu::launch(similarity_grid(batch, n), kSimThreads, [&] {
+    row_reduce_similarity_kernel(xn.data(), n, anchor_xn.data(), k, d, AssignEpilogue{n, out.assign.data()});
+  });
+  out.size.assign(batch * k, 0);
+  std::vector<int64_t> members(batch * n), start(batch * k);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t s = 0; s < k; ++s) out.assign[b * n + out.anchors[b * k + s]] = s;
+    for (int64_t i = 0; i < n; ++i) ++out.size[b * k + out.assign[b * n + i]];
+    std::iota(&members[b * n], &members[b * n] + n, 0);
+    std::stable_sort(&members[b * n], &members[b * n] + n,
+                     [&](int64_t i, int64_t j) { return out.assign[b * n + i] < out.assign[b * n + j]; });
+    for (int64_t s = 1; s < k; ++s) start[b * k + s] = start[b * k + s - 1] + out.size[b * k + s - 1];
+  }
+  std::vector<float> merged(batch * k * d, NAN);
+  emu::launch(dim3(unsigned(k), unsigned(batch), unsigned((d + kMeanThreads - 1) / kMeanThreads)), kMeanThreads, [&] {
+    segmented_mean_kernel<float>(xf.data(), members.data(), start.data(), out.size.data(), n, k, d, merged.data());
+  });
+  out.merged.assign(merged.begin(), merged.end());
+  return out;
+}
+
+int anchor_merge_cases() {
+  std::mt19937 rng(13);
+  int bad = 0;
+  struct Case {
+    int64_t batch, n, d, k;
+    AnchorRule rule;
+    bool axis_aligned;  // every similarity exactly 0 or 1: decisions are exact ties broken by index
+    int64_t poison = -1;  // a token given a NaN feature: every density is NaN, its similarities are NaN
+  };
+  for (const Case c : {Case{2, 70, 20, 6, AnchorRule::Reference, false}, Case{1, 70, 20, 6, AnchorRule::Dpc, false},
+                       Case{2, 90, 8, 5, AnchorRule::Reference, true}, Case{1, 90, 8, 45, AnchorRule::Dpc, true},
+                       Case{1, 300, 300, 17, AnchorRule::Reference, false}, Case{1, 1, 3, 1, AnchorRule::Reference, false},
+                       Case{1, 40, 5, 40, AnchorRule::Reference, false}, Case{2, 30, 6, 4, AnchorRule::Reference, false, 0},
+                       Case{1, 30, 6, 4, AnchorRule::Reference, false, 2}, Case{1, 30, 6, 4, AnchorRule::Reference, false, 9}}) {
+    std::vector<float> x(c.batch * c.n * c.d);
+    if (c.axis_aligned) {
+      std::fill(x.begin(), x.end(), 0.f);
+      for (int64_t t = 0; t < c.batch * c.n; ++t)
+        if (t % 7 != 0) x[t * c.d + rng() % 5] = float(1 + rng() % 3);  // every 7th token stays a zero vector
+    } else {
+      std::vector<float> centre(6 * c.d);  // clustered tokens
+      for (auto& v : centre) v = std::normal_distribution<float>()(rng);
+      for (int64_t t = 0; t < c.batch * c.n; ++t)
+        for (int64_t f = 0; f < c.d; ++f)
+          x[t * c.d + f] = centre[(rng() % 6) * c.d + f] + 0.3f * std::normal_distribution<float>()(rng);
+    }
+    if (c.poison >= 0) x[c.poison * c.d + 1] = NAN;
+    const AnchorMergeOut got = anchor_merge_emulated(x, c.batch, c.n, c.d, c.k, c.rule);
+    for (int64_t b = 0; b < c.batch; ++b) {
+      const AnchorMergeOut want = anchor_merge_expected(&x[b * c.n * c.d], c.n, c.d, c.k, c.rule);
+      bool ok = std::equal(want.anchors.begin(), want.anchors.end(), got.anchors.begin() + b * c.k) &&
+                std::equal(want.assign.begin(), want.assign.end(), got.assign.begin() + b * c.n) &&
+                std::equal(want.size.begin(), want.size.end(), got.size.begin() + b * c.k);
+      for (int64_t e = 0; ok && e < c.k * c.d; ++e)
+        ok = std::isnan(want.merged[e]) ? std::isnan(got.merged[b * c.k * c.d + e])
+                                        : std::abs(got.merged[b * c.k * c.d + e] - want.merged[e]) <= 1e-5 * (1 + std::abs(want.merged[e]));
+      if (!ok) {
+        std::printf("anchor_merge n=%ld d=%ld k=%ld rule=%d axis_aligned=%d poison=%ld row %ld: mismatch\n", long(c.n),
+                    long(c.d), long(c.k), int(c.rule), int(c.axis_aligned), long(c.poison), long(b));
+        ++bad;
+      }
+    }
+  }
+  std::printf("anchor_merge: %s\n", bad ? "FAILED" : "all cases match");
+  return bad;
+}
+
 int main(int argc, char** argv) {
   const std::string which = argc > 1 ? argv[1] : "";
   int bad = 0;
   if (which.empty() || which == "topk") bad += topk_cases();
   if (which.empty() || which == "similarity") bad += similarity_cases();
   if (which.empty() || which == "divprune") bad += divprune_cases();
+  if (which.empty() || which == "anchor_merge") bad += anchor_merge_cases();
   return bad ? 1 : 0;
 }
