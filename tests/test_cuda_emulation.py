@@ -1,7 +1,8 @@
 """CUDA kernels run on the CPU by tests/cuda_emulation (g++, one std::thread per CUDA thread, warp shuffles,
 shared memory and PTX fragment layouts emulated): catches indexing bugs where no GPU is.
 
-- emulate_fwd_kernel: the tensor-core calibrated_attention kernel (fwd_kernel.h) against float64.
+- emulate_fwd_kernel: the tensor-core calibrated_attention kernel (fwd_kernel.h) against float64, with
+  cp.async copies landing at issue or only at the wait that covers them (a missing wait shows).
 - emulate_attention_kernels: the SIMT attention kernel (simt_kernel.h) against float64 and the
   flash-decoding combine (combine_kernel.h) against the same merge in float64.
 - emulate_reduction_kernels: the radix-select top-k (block_topk.cuh), the fused tiled similarity row
@@ -48,9 +49,10 @@ def reduction_emulator(tmp_path_factory):
     return build(tmp_path_factory, "emulate_reduction_kernels")
 
 
+@pytest.mark.parametrize("copy_timing", ["eager", "late"])  # cp.async lands at issue / at its covering wait
 @pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
-def test_emulated_attention_kernel_matches_float64(fwd_emulator, head_dim):
-    run = subprocess.run([fwd_emulator, str(head_dim)], capture_output=True, text=True, timeout=900)
+def test_emulated_attention_kernel_matches_float64(fwd_emulator, head_dim, copy_timing):
+    run = subprocess.run([fwd_emulator, str(head_dim), copy_timing], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
 
 

@@ -2,8 +2,10 @@
 // per CUDA thread, with cp.async, ldmatrix, mma.sync and shuffles emulated per the PTX ISA fragment layouts
 // (cuda/calibrated_attention/sm80_ptx.h here shadows the real one). It checks the kernel's indexing --
 // fragments, masks, causal tile skipping, GQA packing, split-KV partials -- against a float64 reference on
-// machines without a GPU. It cannot see timing, races the barriers hide, or compiler/PTX issues.
-// Usage: emulate_fwd_kernel [head_dim]; exit status 1 if any case is off.
+// machines without a GPU, and, with cp.async copies landing as late as the PTX allows, a missing or
+// too-lax cp.async.wait_group. It cannot see real timing, races the barriers hide, or compiler/PTX issues.
+// Usage: emulate_fwd_kernel [head_dim [eager|late]]; exit status 1 if any case is off. The second argument
+// is when cp.async copies land (sm80_ptx.h here): at issue, or only at the wait that covers them.
 #include "cuda/calibrated_attention/sm80_ptx.h"
 #include "cuda/calibrated_attention/fwd_kernel.h"
 #include "attention_reference.h"
@@ -13,6 +15,7 @@
 #include <cstdlib>
 #include <memory>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -140,6 +143,7 @@ int sweep(const char* name) {
 
 int main(int argc, char** argv) {
   const int head_dim = argc > 1 ? std::atoi(argv[1]) : 0;
+  if (argc > 2 && std::string(argv[2]) == "late") emu::copy_timing = emu::CopyTiming::Late;
   int bad = 0;
   if (head_dim == 0 || head_dim == 64) bad += sweep<64, __half>("hdim64 fp16") + sweep<64, __nv_bfloat16>("hdim64 bf16");
   if (head_dim == 0 || head_dim == 96) bad += sweep<96, __half>("hdim96 fp16");

@@ -33,17 +33,51 @@ inline uint32_t operands[kMaxWarps][32][6];
 
 namespace restore::attention {
 
-// Copies at once: the emulation checks indexing and zero fill, not the overlap of the pipeline.
-inline void cp_async_16(void* smem, const void* gmem, bool valid) {
-  if (valid) {
-    std::memcpy(smem, gmem, 16);
+// cp.async in one of two timings, both legal on the hardware: eager (the copy lands at issue, so a stage
+// overwritten while other warps still read it shows) or late (it lands only at the cp.async.wait_group
+// that covers its group, so a read before the right wait sees the 0xff NaN fill the emulator leaves in
+// shared memory).
+}  // namespace restore::attention
+namespace emu {
+enum class CopyTiming { Eager, Late };
+inline CopyTiming copy_timing = CopyTiming::Eager;
+struct PendingCopy {
+  void* dst;
+  const void* src;
+  bool valid;
+};
+inline thread_local std::vector<PendingCopy> open_group;
+inline thread_local std::vector<std::vector<PendingCopy>> committed_groups;  // oldest first
+inline void land(const PendingCopy& c) {
+  if (c.valid) {
+    std::memcpy(c.dst, c.src, 16);
   } else {
-    std::memset(smem, 0, 16);
+    std::memset(c.dst, 0, 16);
   }
 }
-inline void cp_async_commit() {}
+}  // namespace emu
+namespace restore::attention {
+
+inline void cp_async_16(void* smem, const void* gmem, bool valid) {
+  if (emu::copy_timing == emu::CopyTiming::Eager) {
+    emu::land({smem, gmem, valid});
+  } else {
+    emu::open_group.push_back({smem, gmem, valid});
+  }
+}
+inline void cp_async_commit() {
+  if (emu::copy_timing == emu::CopyTiming::Late) {
+    emu::committed_groups.push_back(std::move(emu::open_group));
+    emu::open_group.clear();
+  }
+}
 template <int kPending>
-inline void cp_async_wait() {}
+inline void cp_async_wait() {
+  while (emu::committed_groups.size() > size_t(kPending)) {
+    for (const auto& c : emu::committed_groups.front()) emu::land(c);
+    emu::committed_groups.erase(emu::committed_groups.begin());
+  }
+}
 
 inline uint16_t element_at(const void* row, int col) {
   uint16_t x;
