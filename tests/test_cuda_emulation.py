@@ -2,7 +2,8 @@
 shared memory and PTX fragment layouts emulated): catches indexing bugs where no GPU is.
 
 - emulate_fwd_kernel: the tensor-core calibrated_attention kernel (fwd_kernel.h) against float64, with
-  cp.async copies landing at issue or only at the wait that covers them (a missing wait shows).
+  cp.async copies landing at issue or only at the wait that covers them (a missing wait shows), and every
+  cp.async / ldmatrix checked for shared-memory races between barriers (a missing __syncthreads shows).
 - emulate_attention_kernels: the SIMT attention kernel (simt_kernel.h) against float64 and the
   flash-decoding combine (combine_kernel.h) against the same merge in float64.
 - emulate_reduction_kernels: the radix-select top-k (block_topk.cuh), the fused tiled similarity row

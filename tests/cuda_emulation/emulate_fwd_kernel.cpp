@@ -3,7 +3,9 @@
 // (cuda/calibrated_attention/sm80_ptx.h here shadows the real one). It checks the kernel's indexing --
 // fragments, masks, causal tile skipping, GQA packing, split-KV partials -- against a float64 reference on
 // machines without a GPU, and, with cp.async copies landing as late as the PTX allows, a missing or
-// too-lax cp.async.wait_group. It cannot see real timing, races the barriers hide, or compiler/PTX issues.
+// too-lax cp.async.wait_group; every cp.async and ldmatrix is checked for shared-memory races (another
+// thread's access to the same 16 bytes between the same two __syncthreads). It cannot see real timing,
+// races on plain shared-memory stores, or compiler/PTX issues.
 // Usage: emulate_fwd_kernel [head_dim [eager|late]]; exit status 1 if any case is off. The second argument
 // is when cp.async copies land (sm80_ptx.h here): at issue, or only at the wait that covers them.
 #include "cuda/calibrated_attention/sm80_ptx.h"
@@ -92,6 +94,7 @@ double run_case(const Case& c, uint32_t seed) {
     for (int by = 0; by < head_blocks; ++by)
       for (int bx = 0; bx < m_blocks * p.num_splits; ++bx) {
         std::memset(smem, 0xff, sizeof(smem));  // NaN garbage, so a missing zero fill shows
+        emu::race_check.clear();
         std::vector<std::thread> threads;
         for (int t = 0; t < Traits::kThreads; ++t)
           threads.emplace_back([&, t] {
@@ -114,7 +117,8 @@ double run_case(const Case& c, uint32_t seed) {
     }
   }
 
-  return max_abs_error(out, reference_attention<E>(p));
+  const double err = max_abs_error(out, reference_attention<E>(p));
+  return emu::race_check.races ? INFINITY : err;
 }
 
 template <int D, typename E>

@@ -6,7 +6,9 @@
 // for all threads, which is right only while blocks run one after another (so a cooperative kernel gets
 // its shared memory passed in by the emulator).
 #include <algorithm>
+#include <atomic>
 #include <barrier>
+#include <cstdio>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -14,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #define __device__
@@ -39,12 +42,18 @@ T __ldg(const T* p) {
 namespace emu {
 constexpr int kMaxWarps = 16;
 
-// What the threads of one block share: its barrier, its warps' barriers and shuffle slots.
+// What the threads of one block share: its barrier (and how many times it has opened: the epoch),
+// its warps' barriers and shuffle slots.
 struct Block {
-  std::barrier<> barrier;
+  struct Tick {
+    std::atomic<int>* epoch;
+    void operator()() noexcept { ++*epoch; }
+  };
+  std::atomic<int> epoch{0};
+  std::barrier<Tick> barrier;
   std::vector<std::unique_ptr<std::barrier<>>> warps;
   uint64_t values[kMaxWarps][32];
-  explicit Block(int threads) : barrier(threads) {
+  explicit Block(int threads) : barrier(threads, Tick{&epoch}) {
     for (int w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * w)));
   }
 };
@@ -53,6 +62,40 @@ inline std::barrier<>* grid_barrier;        // every thread of a cooperative lau
 inline int warp() { return threadIdx.x / 32; }
 inline int lane() { return threadIdx.x % 32; }
 inline void warp_sync() { block->warps[warp()]->arrive_and_wait(); }
+
+// Shared-memory race check over the accesses an emulated instruction reports (16-byte granules): two
+// threads touching one granule between the same two __syncthreads, at least one of them writing. The
+// order in which the threads happen to run does not matter, so a missing barrier is caught every time.
+struct RaceCheck {
+  struct Granule {
+    int write_epoch = -1, writer = -1, read_epoch = -1, reader = -1;  // reader -2: several threads
+  };
+  std::mutex lock;
+  std::unordered_map<uintptr_t, Granule> granules;
+  int races = 0;
+
+  void clear() {
+    std::lock_guard<std::mutex> guard(lock);
+    granules.clear();
+  }
+  void access(const void* address, bool write) {
+    const int e = block->epoch.load(), t = threadIdx.x;
+    std::lock_guard<std::mutex> guard(lock);
+    Granule& g = granules[reinterpret_cast<uintptr_t>(address) / 16];
+    const bool conflict = (g.write_epoch == e && g.writer != t) || (write && g.read_epoch == e && g.reader != t);
+    if (conflict && ++races <= 5)
+      std::printf("shared-memory race: thread %d %s granule %p in barrier epoch %d (writer %d, reader %d)\n", t,
+                  write ? "writes" : "reads", address, e, g.writer, g.reader);
+    if (write) {
+      g.write_epoch = e, g.writer = t;
+    } else if (g.read_epoch != e) {
+      g.read_epoch = e, g.reader = t;
+    } else if (g.reader != t) {
+      g.reader = -2;
+    }
+  }
+};
+inline RaceCheck race_check;
 
 // Runs body() as every thread of every block of `grid`; cooperative: all blocks at once (grid.sync()
 // works), otherwise one block after another.

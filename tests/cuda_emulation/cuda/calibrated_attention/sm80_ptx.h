@@ -59,6 +59,7 @@ inline void land(const PendingCopy& c) {
 namespace restore::attention {
 
 inline void cp_async_16(void* smem, const void* gmem, bool valid) {
+  emu::race_check.access(smem, /*write=*/true);
   if (emu::copy_timing == emu::CopyTiming::Eager) {
     emu::land({smem, gmem, valid});
   } else {
@@ -91,6 +92,7 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
   emu::warp_sync();
   for (int m = 0; m < 4; ++m) {
     const void* row = emu::addresses[w][m * 8 + l / 4];
+    emu::race_check.access(row, /*write=*/false);
     r[m] = element_at(row, 2 * (l % 4)) | uint32_t(element_at(row, 2 * (l % 4) + 1)) << 16;
   }
   emu::warp_sync();
@@ -101,6 +103,8 @@ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
   emu::addresses[w][l] = smem;
   emu::warp_sync();
   for (int m = 0; m < 4; ++m) {
+    emu::race_check.access(emu::addresses[w][m * 8 + 2 * (l % 4)], /*write=*/false);
+    emu::race_check.access(emu::addresses[w][m * 8 + 2 * (l % 4) + 1], /*write=*/false);
     r[m] = element_at(emu::addresses[w][m * 8 + 2 * (l % 4)], l / 4) |
            uint32_t(element_at(emu::addresses[w][m * 8 + 2 * (l % 4) + 1], l / 4)) << 16;
   }
