@@ -1,8 +1,8 @@
 #pragma once
-// SPEC §2 steps 1-2 for one batch row, the way the CUDA kernel does them: float64 norms, column sums and
+// SPEC §2 steps 1-2 for one batch row, in the CUDA kernel's three steps: float64 norms, column sums and
 // density (sum_j sim[i, j] = xn_i . sum_j xn_j, O(N * D)), xn and density rounded to float32 at the end so
-// values equal in exact arithmetic (N = 2, mirrored tokens) compare equal. Three parallel passes over x
-// instead of float64 tensor copies (the copies cost as much as half the similarity GEMM at N = 2880).
+// values equal in exact arithmetic (N = 2, mirrored tokens) compare equal. Parallel passes over x rather
+// than float64 tensor copies of it.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
