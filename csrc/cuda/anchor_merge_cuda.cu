@@ -34,21 +34,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> anchor_merge_cuda(con
 
   const at::Tensor xf = x.to(at::kFloat).contiguous();
   const auto f64 = x.options().dtype(at::kDouble);
-  at::Tensor denom = at::empty({batch, n}, f64);
+  at::Tensor inv_norm = at::empty({batch, n}, f64);
   at::Tensor xn = at::empty({batch, n, d}, x.options().dtype(at::kFloat));
   const int64_t warps_per_block = kDensityThreads / kWarp;
   const unsigned token_blocks = static_cast<unsigned>((batch * n + warps_per_block - 1) / warps_per_block);
   normalise_kernel<<<token_blocks, kDensityThreads, 0, stream>>>(xf.const_data_ptr<float>(), batch * n, d,
-                                                                  denom.data_ptr<double>(), xn.data_ptr<float>());
+                                                                  inv_norm.data_ptr<double>(), xn.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor colsum = at::empty({batch, d}, f64);
   colsum_kernel<<<dim3(static_cast<unsigned>((d + kDensityThreads - 1) / kDensityThreads), batch), kDensityThreads,
-                  0, stream>>>(xf.const_data_ptr<float>(), denom.const_data_ptr<double>(), n, d,
+                  0, stream>>>(xf.const_data_ptr<float>(), inv_norm.const_data_ptr<double>(), n, d,
                                colsum.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor density = at::empty({batch, n}, x.options().dtype(at::kFloat));
   density_kernel<<<token_blocks, kDensityThreads, 0, stream>>>(xf.const_data_ptr<float>(),
-                                                                denom.const_data_ptr<double>(),
+                                                                inv_norm.const_data_ptr<double>(),
                                                                 colsum.const_data_ptr<double>(), batch, n, d,
                                                                 density.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

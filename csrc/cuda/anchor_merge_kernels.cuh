@@ -17,11 +17,12 @@ constexpr int kDensityThreads = 256;
 constexpr int kTopkThreads = 512;
 constexpr int kMeanThreads = 256;
 
-// Normalisation and density follow the CPU kernel and the reference: float64 math, then density rounded to
-// float32 before any decision, so values equal in exact arithmetic (N = 2, mirrored tokens) compare equal.
-// denom[b, i] = max(||x_i||, 1e-12) in float64 and xn = float(x / denom); one warp per token.
+// Normalisation and density are the CPU kernel's (cpu/normalise_density.h): float64 math, then density
+// rounded to float32 before any decision, so values equal in exact arithmetic (N = 2, mirrored tokens)
+// compare equal. inv_norm[b, i] = 1 / max(||x_i||, 1e-12) in float64 and xn = float(x * inv_norm); one warp
+// per token.
 __global__ void __launch_bounds__(kDensityThreads)
-    normalise_kernel(const float* __restrict__ xf, int64_t tokens, int64_t d, double* __restrict__ denom,
+    normalise_kernel(const float* __restrict__ xf, int64_t tokens, int64_t d, double* __restrict__ inv_norm,
                      float* __restrict__ xn) {
   const int64_t token = (static_cast<int64_t>(blockIdx.x) * kDensityThreads + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
@@ -30,28 +31,29 @@ __global__ void __launch_bounds__(kDensityThreads)
   double acc = 0.0;
   for (int64_t c = lane; c < d; c += kWarp) acc += static_cast<double>(row[c]) * row[c];
   for (int mask = kWarp / 2; mask >= 1; mask >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, mask);
-  const double den = fmax(sqrt(acc), 1e-12);
-  for (int64_t c = lane; c < d; c += kWarp) xn[token * d + c] = static_cast<float>(row[c] / den);
-  if (lane == 0) denom[token] = den;
+  const double inv = 1.0 / fmax(sqrt(acc), 1e-12);
+  for (int64_t c = lane; c < d; c += kWarp) xn[token * d + c] = static_cast<float>(row[c] * inv);
+  if (lane == 0) inv_norm[token] = inv;
 }
 
-// colsum[b, c] = sum_i x[b, i, c] / denom[b, i] in float64, tokens in ascending order. Grid (ceil(D/256), B).
+// colsum[b, c] = sum_i x[b, i, c] * inv_norm[b, i] in float64, tokens in ascending order.
+// Grid (ceil(D/256), B).
 __global__ void __launch_bounds__(kDensityThreads)
-    colsum_kernel(const float* __restrict__ xf, const double* __restrict__ denom, int64_t n, int64_t d,
+    colsum_kernel(const float* __restrict__ xf, const double* __restrict__ inv_norm, int64_t n, int64_t d,
                   double* __restrict__ colsum) {
   const int64_t b = blockIdx.y, c = static_cast<int64_t>(blockIdx.x) * kDensityThreads + threadIdx.x;
   if (c >= d) return;
   const float* x = xf + b * n * d + c;
-  const double* den = denom + b * n;
+  const double* inv = inv_norm + b * n;
   double acc = 0.0;
-  for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(x[i * d]) / den[i];
+  for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(x[i * d]) * inv[i];
   colsum[b * d + c] = acc;
 }
 
-// density[b, i] = float(sum_c (x[b, i, c] / denom[b, i]) * colsum[b, c]): SPEC §2 step 2 via
+// density[b, i] = float(inv_norm[b, i] * sum_c x[b, i, c] * colsum[b, c]): SPEC §2 step 2 via
 // sum_j sim[i, j] = xn_i . sum_j xn_j, O(N * D). One warp per token.
 __global__ void __launch_bounds__(kDensityThreads)
-    density_kernel(const float* __restrict__ xf, const double* __restrict__ denom, const double* __restrict__ colsum,
+    density_kernel(const float* __restrict__ xf, const double* __restrict__ inv_norm, const double* __restrict__ colsum,
                    int64_t batch, int64_t n, int64_t d, float* __restrict__ density) {
   const int64_t token = (static_cast<int64_t>(blockIdx.x) * kDensityThreads + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
@@ -59,11 +61,10 @@ __global__ void __launch_bounds__(kDensityThreads)
   const int64_t b = token / n;
   const float* row = xf + token * d;
   const double* cs = colsum + b * d;
-  const double den = denom[token];
   double acc = 0.0;
-  for (int64_t c = lane; c < d; c += kWarp) acc += (static_cast<double>(row[c]) / den) * cs[c];
+  for (int64_t c = lane; c < d; c += kWarp) acc += static_cast<double>(row[c]) * cs[c];
   for (int mask = kWarp / 2; mask >= 1; mask >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, mask);
-  if (lane == 0) density[token] = static_cast<float>(acc);
+  if (lane == 0) density[token] = static_cast<float>(inv_norm[token] * acc);
 }
 
 // SPEC §2 step 4: nearest[i] = max over better j of sim[i, j], 0 where no j is better.

@@ -292,15 +292,15 @@ AnchorMergeOut anchor_merge_expected(const float* x, int64_t n, int64_t d, int64
 AnchorMergeOut anchor_merge_emulated(const std::vector<float>& xf, int64_t batch, int64_t n, int64_t d, int64_t k,
                                      AnchorRule rule) {
   using namespace anchor_kernels;
-  std::vector<double> denom(batch * n), colsum(batch * d);
+  std::vector<double> inv_norm(batch * n), colsum(batch * d);
   std::vector<float> xn(batch * n * d), density(batch * n), nearest(batch * n);
   const unsigned token_blocks = unsigned((batch * n + kDensityThreads / kWarp - 1) / (kDensityThreads / kWarp));
   emu::launch(dim3(token_blocks), kDensityThreads,
-              [&] { normalise_kernel(xf.data(), batch * n, d, denom.data(), xn.data()); });
+              [&] { normalise_kernel(xf.data(), batch * n, d, inv_norm.data(), xn.data()); });
   emu::launch(dim3(unsigned((d + kDensityThreads - 1) / kDensityThreads), unsigned(batch)), kDensityThreads,
-              [&] { colsum_kernel(xf.data(), denom.data(), n, d, colsum.data()); });
+              [&] { colsum_kernel(xf.data(), inv_norm.data(), n, d, colsum.data()); });
   emu::launch(dim3(token_blocks), kDensityThreads, [&] {
-    density_kernel(xf.data(), denom.data(), colsum.data(), batch, n, d, density.data());
+    density_kernel(xf.data(), inv_norm.data(), colsum.data(), batch, n, d, density.data());
   });
   emu::launch(similarity_grid(batch, n), kSimThreads, [&] {
     row_reduce_similarity_kernel(xn.data(), n, xn.data(), n, d,
