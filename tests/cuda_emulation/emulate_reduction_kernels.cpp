@@ -50,7 +50,7 @@ int topk_cases() {
   std::mt19937 rng(7);
   const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
   int bad = 0;
-  for (int64_t n : {1, 7, 512, 513, 1500, 4099})
+  for (int64_t n : {1, 7, 513, 4099})  // one block: 512 threads
     for (const char* dist : {"normal", "ties", "special"})
       for (int64_t k : {int64_t(1), std::max<int64_t>(1, n / 3), n}) {
         const int64_t batch = 2;
@@ -347,7 +347,7 @@ int anchor_merge_cases() {
   };
   for (const Case c : {Case{2, 70, 20, 6, AnchorRule::Reference, false}, Case{1, 70, 20, 6, AnchorRule::Dpc, false},
                        Case{2, 90, 8, 5, AnchorRule::Reference, true}, Case{1, 90, 8, 45, AnchorRule::Dpc, true},
-                       Case{1, 300, 300, 17, AnchorRule::Reference, false}, Case{1, 1, 3, 1, AnchorRule::Reference, false},
+                       Case{1, 130, 70, 17, AnchorRule::Reference, false}, Case{1, 1, 3, 1, AnchorRule::Reference, false},
                        Case{1, 40, 5, 40, AnchorRule::Reference, false}, Case{2, 30, 6, 4, AnchorRule::Reference, false, 0},
                        Case{1, 30, 6, 4, AnchorRule::Reference, false, 2}, Case{1, 30, 6, 4, AnchorRule::Reference, false, 9}}) {
     std::vector<float> x(c.batch * c.n * c.d);

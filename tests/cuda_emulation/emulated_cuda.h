@@ -97,32 +97,42 @@ struct RaceCheck {
 };
 inline RaceCheck race_check;
 
-// Runs body() as every thread of every block of `grid`; cooperative: all blocks at once (grid.sync()
-// works), otherwise one block after another.
+// Runs body() as every thread of every block of `grid`. Cooperative: all blocks at once (grid.sync()
+// works). Otherwise one block after another on one set of threads, a barrier between blocks (what a block
+// leaves in shared memory is the next one's garbage, as on the hardware).
 inline void launch(dim3 grid, int threads, const std::function<void()>& body, bool cooperative = false) {
   const unsigned blocks = grid.x * grid.y * grid.z;
+  auto index_of = [&](unsigned id) {
+    return Dim3{int(id % grid.x), int(id / grid.x % grid.y), int(id / (grid.x * grid.y))};
+  };
+  std::vector<std::thread> pool;
+  if (!cooperative) {
+    Block blk(threads);
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        block = &blk, threadIdx = Dim3{t, 0, 0};
+        for (unsigned id = 0; id < blocks; ++id) {
+          blockIdx = index_of(id);
+          body();
+          blk.barrier.arrive_and_wait();
+        }
+      });
+    for (auto& t : pool) t.join();
+    return;
+  }
   std::barrier<> everyone(std::ptrdiff_t(blocks) * threads);
   grid_barrier = &everyone;
-  auto run = [&](unsigned first, unsigned count) {
-    std::vector<std::unique_ptr<Block>> state;
-    std::vector<std::thread> pool;
-    for (unsigned id = first; id < first + count; ++id) {
-      state.push_back(std::make_unique<Block>(threads));
-      Block* blk = state.back().get();
-      const Dim3 idx{int(id % grid.x), int(id / grid.x % grid.y), int(id / (grid.x * grid.y))};
-      for (int t = 0; t < threads; ++t)
-        pool.emplace_back([&body, blk, idx, t] {
-          block = blk, threadIdx = Dim3{t, 0, 0}, blockIdx = idx;
-          body();
-        });
-    }
-    for (auto& t : pool) t.join();
-  };
-  if (cooperative) {
-    run(0, blocks);
-  } else {
-    for (unsigned id = 0; id < blocks; ++id) run(id, 1);
+  std::vector<std::unique_ptr<Block>> state;
+  for (unsigned id = 0; id < blocks; ++id) {
+    state.push_back(std::make_unique<Block>(threads));
+    Block* blk = state.back().get();
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&body, blk, idx = index_of(id), t] {
+        block = blk, threadIdx = Dim3{t, 0, 0}, blockIdx = idx;
+        body();
+      });
   }
+  for (auto& t : pool) t.join();
   grid_barrier = nullptr;
 }
 }  // namespace emu
