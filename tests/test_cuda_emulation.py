@@ -11,7 +11,8 @@ shared memory and PTX fragment layouts emulated): catches indexing bugs where no
   block at once with grid.sync()) and the whole anchor_merge pipeline (anchor_merge_kernels.cuh, launched as
   anchor_merge_cuda.cu does) against host loops and SPEC §2 in float64.
 
-Where g++ can link ThreadSanitizer, the kernels whose threads share plain __shared__ arrays run under it:
+Where g++ can link ThreadSanitizer, the kernels whose threads share plain __shared__ arrays run under it
+(the tensor-core one at one head dim):
 the emulated __syncthreads is a real barrier, so a missing one is a data race TSan reports (exit status
 66) whatever order the threads happened to run in. DivPrune's cooperative grid (over a thousand threads) is
 too slow under TSan and runs without it.
@@ -68,6 +69,13 @@ def fwd_emulator(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def fwd_emulator_tsan(tmp_path_factory):
+    if not tsan_flags():
+        pytest.skip("g++ cannot build ThreadSanitizer programs here")
+    return build(tmp_path_factory, "emulate_fwd_kernel", tsan_flags())
+
+
+@pytest.fixture(scope="module")
 def attention_emulator(tmp_path_factory):
     return build(tmp_path_factory, "emulate_attention_kernels", tsan_flags())
 
@@ -86,6 +94,12 @@ def reduction_emulator_plain(tmp_path_factory):
 @pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
 def test_emulated_attention_kernel_matches_float64(fwd_emulator, head_dim, copy_timing):
     run_emulator(fwd_emulator, str(head_dim), copy_timing, timeout=900)
+
+
+def test_emulated_attention_kernel_under_tsan(fwd_emulator_tsan):
+    """The races the cp.async / ldmatrix check cannot see: plain shared-memory stores (the tiles' k_pos and
+    log_size). One head dim: the others differ only in template constants."""
+    run_emulator(fwd_emulator_tsan, "64", "late", timeout=900)
 
 
 @pytest.mark.parametrize("kernel", ["simt", "combine"])
