@@ -31,11 +31,14 @@ CXX = shutil.which("g++")
 TSAN = ["-fsanitize=thread", "-g"]
 
 
-def build(tmp_path_factory, name, extra=()):
+def build(tmp_path_factory, name, extra=(), shadow_dir=None):
+    """Builds tests/cuda_emulation/<name>.cpp; headers in shadow_dir, if given, replace the project's."""
     if CXX is None:
         pytest.skip("no g++ to build the kernel emulation")
     exe = str(tmp_path_factory.mktemp("emulation") / name)
     includes = [os.path.join(HERE, "cuda_emulation"), os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
+    if shadow_dir is not None:
+        includes.insert(0, str(shadow_dir))
     cmd = [CXX, "-std=c++20", "-O1", "-pthread", *extra, *(f"-I{d}" for d in includes + include_paths()),
            os.path.join(HERE, "cuda_emulation", f"{name}.cpp"), "-o", exe]
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -128,11 +131,6 @@ def test_race_check_sees_a_missing_barrier(tmp_path_factory):
     mutant_dir = tmp_path_factory.mktemp("mutant")
     os.makedirs(mutant_dir / "cuda")
     (mutant_dir / "cuda" / "similarity_tiles.cuh").write_text(text.replace(barrier, "      }\n    }"))
-    exe = str(mutant_dir / "emulate_reduction_kernels")
-    includes = [str(mutant_dir), os.path.join(HERE, "cuda_emulation"), os.path.join(ROOT, "csrc"),
-                os.path.join(ROOT, "csrc", "include")]
-    cmd = [CXX, "-std=c++20", "-O1", "-pthread", *tsan_flags(), *(f"-I{d}" for d in includes + include_paths()),
-           os.path.join(HERE, "cuda_emulation", "emulate_reduction_kernels.cpp"), "-o", exe]
-    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+    exe = build(tmp_path_factory, "emulate_reduction_kernels", tsan_flags(), shadow_dir=mutant_dir)
     run = subprocess.run([exe, "similarity"], capture_output=True, text=True, timeout=600)
     assert run.returncode != 0 and "ThreadSanitizer" in run.stderr
