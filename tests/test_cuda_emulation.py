@@ -12,10 +12,11 @@ shared memory and PTX fragment layouts emulated): catches indexing bugs where no
   anchor_merge_cuda.cu does) against host loops and SPEC §2 in float64.
 
 Where g++ can link ThreadSanitizer, the kernels whose threads share plain __shared__ arrays run under it
-(the tensor-core one at one head dim):
-the emulated __syncthreads is a real barrier, so a missing one is a data race TSan reports (exit status
-66) whatever order the threads happened to run in. DivPrune's cooperative grid (over a thousand threads) is
-too slow under TSan and runs without it.
+(the tensor-core one at one head dim): the emulated __syncthreads is a real barrier, so a missing one is a
+data race TSan reports (exit status 66) whatever order the threads happened to run in. TSan remembers only
+a few accesses per memory word, so a race on a word that hundreds of threads read (a block-wide broadcast
+value) can slip through; the cp.async / ldmatrix epoch check above has no such limit. DivPrune's cooperative
+grid (over a thousand threads) is too slow under TSan and runs without it.
 """
 import functools
 import os
