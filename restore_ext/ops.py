@@ -1,6 +1,6 @@
 """Typed, documented entry points of the compiled ops, and their fake kernels for torch.compile.
 
-Every function here calls ``torch.ops.restore.<op>``; SPEC.md is the contract and
+Every function here calls ``torch.ops.restore.<op>``; docs/ops.md is the contract and
 :mod:`restore_ext.reference` the float64 reference each one is tested against.
 """
 from typing import NamedTuple, Optional
@@ -17,7 +17,7 @@ class AnchorMerge(NamedTuple):
 
 
 def topk_indices(scores: Tensor, k: int) -> Tensor:
-    """Indices of the ``k`` highest ``scores`` per row, in ascending index order (SPEC §1).
+    """Indices of the ``k`` highest ``scores`` per row, in ascending index order (docs/ops.md §1).
 
     ``scores`` (B, N) float16/bfloat16/float32, ``1 <= k <= N``. Ties go to the lower index; NaN ranks
     below every number. Returns (B, k) int64.
@@ -32,13 +32,13 @@ def divprune_indices(x: Tensor, k: int) -> Tensor:
     ``1 - cos(x_i, x_j)``: first the token whose nearest other token is farthest, then repeatedly the token
     farthest from the chosen set; ties go to the lower index. ``x`` float16/bfloat16/float32,
     ``1 <= k <= N``. Returns (B, k) int64. Memory O(N * D) per row (no N x N matrix). Contract:
-    :func:`restore_ext.reference.divprune_indices`.
+    docs/ops.md §1b; reference :func:`restore_ext.reference.divprune_indices`.
     """
     return torch.ops.restore.divprune_indices.default(x, k)
 
 
 def anchor_merge(x: Tensor, num_anchors: int, rule: str = "reference") -> AnchorMerge:
-    """Distinctive anchor merging of each row of ``x`` (B, N, D) into ``num_anchors`` tokens (SPEC §2).
+    """Distinctive anchor merging of each row of ``x`` (B, N, D) into ``num_anchors`` tokens (docs/ops.md §2).
 
     ``rule="reference"`` reproduces the authors' released code, ``"dpc"`` is textbook density-peak
     clustering. Returns ``AnchorMerge(merged, size, assign, anchors)``.
@@ -57,7 +57,7 @@ def calibrated_attention(
     causal: bool = True,
     scale: Optional[float] = None,
 ) -> Tensor:
-    """Attention with RESTORE's calibration bias, fused (SPEC §5).
+    """Attention with RESTORE's calibration bias, fused (docs/ops.md §5).
 
     ``q`` (B, Lq, H, Dh), ``k``/``v`` (B, Lk, Hkv, Dh), one dtype of float16/bfloat16/float32, last dim
     contiguous. ``logit = scale * q.k + log_size[b, j] + table[clamp(q_pos - k_pos, 0, T-1)]``; ``log_size``
