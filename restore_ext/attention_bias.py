@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .validation import as_int
 
 
 def default_inv_freq(rotary_dim: int, theta: float = 10000.0) -> Tensor:
@@ -25,12 +26,13 @@ def default_inv_freq(rotary_dim: int, theta: float = 10000.0) -> Tensor:
 def distance_bias_table(max_distance: int, inv_freq: Tensor) -> Tensor:
     """``table[d] = log(2 - mean_i cos(d * inv_freq[i]))`` for d < ``max_distance``, float32 (docs/ops.md §4).
 
-    ``inv_freq`` is the model's RoPE inverse frequencies (for default RoPE ``theta ** (-arange(0, rotary_dim, 2) / rotary_dim)``).
+    ``max_distance`` is an int >= 1 (a float, even 3.0, is refused rather than truncated). ``inv_freq`` is the
+    model's RoPE inverse frequencies (for default RoPE ``theta ** (-arange(0, rotary_dim, 2) / rotary_dim)``).
     Computed in float64; the result lives on ``inv_freq``'s device.
     """
-    length = int(max_distance)
-    if length < 1:
-        raise ValueError(f"distance_bias_table: max_distance must be >= 1, got {max_distance}")
+    length = as_int(max_distance)
+    if length is None or length < 1:
+        raise ValueError(f"distance_bias_table: max_distance must be an int >= 1, got {max_distance!r}")
     if not isinstance(inv_freq, Tensor) or inv_freq.dim() != 1 or inv_freq.numel() == 0:
         raise ValueError(
             f"distance_bias_table: inv_freq must be a non-empty 1-D tensor, got "

@@ -2,7 +2,9 @@
 
 ``restore_reduce`` keeps the tokens a base method chose and merges the rest; ``reduce`` runs the base method
 (:mod:`restore_ext.selectors`) first. Batched end to end: no Python loop over the batch or over tokens, and no
-host sync on CUDA tensors (the index checks of restore_reduce run as device-side asserts there).
+host sync on CUDA tensors (the index checks of restore_reduce run as device-side asserts there). On meta
+tensors only shapes are checked (there are no values to read) and the result is meta tensors of the right
+shapes.
 """
 import math
 from typing import NamedTuple, Optional, Union
@@ -42,7 +44,7 @@ def _check_restore_reduce_args(features: Tensor, retained: Tensor, num_out) -> i
     given, num_out = num_out, as_int(num_out)
     if num_out is None or not (r < num_out <= n):
         raise ValueError(f"restore_reduce: num_out must satisfy R = {r} < num_out <= N = {n}, got num_out = {given!r}")
-    if not (b and r):
+    if not (b and r) or retained.is_meta:  # nothing to read, or no values to read (shapes are checked above)
         return num_out
     in_range = ((retained >= 0) & (retained < n)).all()
     distinct = (retained.sort(dim=1).values.diff(dim=1) != 0).all()

@@ -74,7 +74,7 @@ def _check_custom_output(name: str, idx, b: int, n: int, k: int, device) -> Tens
     if idx.device != device:
         raise ValueError(f"select: base callable {name} returned indices on {idx.device}, features are on {device}")
     idx = idx.long().sort(dim=1).values
-    if b and k:
+    if b and k and not idx.is_meta:  # meta tensors have shapes only: nothing to read
         lo, hi = int(idx[:, 0].min()), int(idx[:, -1].max())
         if lo < 0 or hi >= n:
             raise ValueError(f"select: base callable {name} returned indices in [{lo}, {hi}], outside [0, N = {n})")

@@ -5,9 +5,12 @@ One home for the rules every public function applies to its plain-number argumen
 errors alike: the function, the argument, what was expected, what was given.
 """
 import operator
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 def as_int(value) -> Optional[int]:
     """``value`` as a Python int if it is an integer (int, numpy integer, 0-d integer tensor; not bool), else None.
@@ -21,6 +24,27 @@ def as_int(value) -> Optional[int]:
         return operator.index(value)
     except TypeError:
         return None
+
+
+def check_op_int(op: str, name: str, value, limits: Callable[[], str]) -> None:
+    """Refuses, before the dispatcher sees it, an int argument of a compiled op that the dispatcher cannot carry.
+
+    The schema types these arguments as int64. A Python int outside int64 or a non-integer would otherwise fail
+    inside the dispatcher with a message that names neither the op nor the range ("Expected a value of type
+    'int' for argument 'k' but instead found type 'int'"). Everything the dispatcher takes is passed through
+    untouched, so the op's own range check still decides (``limits()`` words that range for this message), and
+    symbolic ints under torch.compile are not specialised. Raises RuntimeError, the type the op's own range
+    check raises for the same mistake.
+    """
+    if type(value) is int and INT64_MIN <= value <= INT64_MAX:  # the common case, first and cheap
+        return
+    if isinstance(value, (bool, torch.SymInt)):  # the dispatcher takes both (a bool as 0 / 1, as today)
+        return
+    v = as_int(value)
+    if v is None:
+        raise RuntimeError(f"{op}: {name} must be an int with {limits()}, got {type(value).__name__} {value!r}")
+    if not INT64_MIN <= v <= INT64_MAX:
+        raise RuntimeError(f"{op}: {name} must satisfy {limits()}, got {name} = {v}, which is not even an int64")
 
 
 def check_features(fn: str, features) -> None:

@@ -2,6 +2,7 @@
 reference, the tests' eager yardstick, the demo and the benchmarks build their attention from."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,20 @@ def test_distance_bias_table_matches_reference():
     inv = restore_ext.default_inv_freq(128)
     expected_inv = 10000.0 ** (-torch.arange(0, 128, 2, dtype=torch.float64) / 128)
     torch.testing.assert_close(inv, expected_inv)
+
+
+@pytest.mark.parametrize("bad", [3.7, 3.0, "5", None, True, torch.tensor(2.0)])
+def test_distance_bias_table_refuses_a_non_integer_length(bad):
+    """A float length used to be truncated silently (3.7 -> a 3-entry table)."""
+    with pytest.raises(ValueError, match=r"distance_bias_table: max_distance must be an int >= 1, got"):
+        restore_ext.distance_bias_table(bad, restore_ext.default_inv_freq(8))
+
+
+def test_distance_bias_table_takes_any_integer_type():
+    inv = restore_ext.default_inv_freq(8)
+    want = restore_ext.distance_bias_table(5, inv)
+    for length in (np.int64(5), torch.tensor(5)):
+        assert torch.equal(restore_ext.distance_bias_table(length, inv), want)
 
 
 def literal_bias(log_size, q_pos, k_pos, table, lq, lk, causal):

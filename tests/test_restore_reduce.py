@@ -64,6 +64,27 @@ def test_checks_retained_on_cpu():
         restore_ext.restore_reduce(x, torch.tensor([[3, 3]]), 4)
 
 
+@pytest.mark.parametrize("num_out", [4, 10])
+def test_meta_tensors_give_shapes_without_reading_values(num_out):
+    """Meta tensors have shapes and no values (tracing, shape inference): restore_reduce checks the shapes, skips
+    the index checks that would read values (it used to fail with "Tensor.item() cannot be called on meta
+    tensors") and returns meta tensors of the shapes a real call returns."""
+    x = torch.empty(2, 10, 4, device="meta")
+    retained = torch.empty(2, 3, dtype=torch.long, device="meta")
+    out = restore_ext.restore_reduce(x, retained, num_out)
+    real = restore_ext.restore_reduce(torch.randn(2, 10, 4), torch.tensor([[0, 4, 9], [1, 2, 3]]), num_out)
+    for got, want in zip(out, real):
+        assert got.is_meta and got.shape == want.shape and got.dtype == want.dtype
+    with pytest.raises(ValueError, match=r"num_out must satisfy R = 3 < num_out <= N = 10, got num_out = 11"):
+        restore_ext.restore_reduce(x, retained, 11)  # shapes are still checked
+    with pytest.raises(ValueError, match=r"retained must have shape \(B, R\) with B = 2"):
+        restore_ext.restore_reduce(x, retained[:1], 4)
+    out = restore_ext.reduce(x, 6, base="uniform")  # the whole reduce too, with a selector that reads no values
+    assert out.tokens.is_meta and out.tokens.shape == (2, 6, 4) and out.source.shape == (2, 10)
+    out = restore_ext.reduce(x, 6, base=lambda f, k: torch.empty(f.shape[0], k, dtype=torch.long, device="meta"))
+    assert out.position.is_meta and out.position.shape == (2, 6)  # a callable base's output: shape-checked only
+
+
 def test_num_out_must_be_an_int():
     x, retained = torch.randn(1, 10, 4), torch.tensor([[0, 1]])
     for bad in (4.0, 4.5, "4", None):
