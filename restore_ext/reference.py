@@ -2,7 +2,9 @@
 
 Plain, obviously-correct formulations (full N x N and Lq x Lk matrices) that the kernels are tested
 against. Floating outputs stay float64 so tests can measure a kernel's error against exact math.
-Each function has the name of the function it is the contract of. Not for production use.
+Each function has the name of the function it is the contract of. Not for production use. Imports only torch
+and restore_ext's pure-PyTorch modules (the dense attention bias), never the compiled extension, so it also
+checks a library built without the Python package (tests/test_cmake_build.py).
 """
 import math
 from typing import NamedTuple, Optional
