@@ -81,6 +81,9 @@ def dense_attention_bias(
     - ``scores=None``: returns the bias alone, (B, 1, Lq, Lk) float32, an additive mask for SDPA; Lq and Lk come
       from ``q_pos`` and ``k_pos``, which are then required.
     """
+    given = [name for name, t in (("q_pos", q_pos), ("k_pos", k_pos), ("table", table)) if t is not None]
+    if table is not None and len(given) != 3:
+        raise ValueError(f"dense_attention_bias: q_pos, k_pos and table come together, got only {', '.join(given)}")
     if scores is None:
         if q_pos is None or k_pos is None:
             raise ValueError(

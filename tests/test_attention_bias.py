@@ -110,6 +110,8 @@ def test_terms_are_optional():
     assert (only_causal[0, 0][causal_visible(2, 3)] == 0).all()
     with pytest.raises(ValueError, match=r"dense_attention_bias: the bias alone \(scores=None\) takes its shape"):
         dense_attention_bias(log_size, None, None, None)
+    with pytest.raises(ValueError, match="q_pos, k_pos and table come together, got only k_pos, table"):
+        dense_attention_bias(log_size, None, k_pos, torch.zeros(4), scores=torch.zeros(1, 1, 2, 3))
 
 
 def test_causal_visible_is_end_aligned():
