@@ -21,8 +21,8 @@ def _unpatched(model):
     yield
     if rt.is_restore_applied(model):
         rt.remove_restore(model)
-    model.set_attn_implementation("sdpa")
     model.config.text_config.output_attentions = False
+    model.set_attn_implementation("sdpa")
 
 
 def test_errors(model):
@@ -105,15 +105,17 @@ def test_integer_tensor_num_tokens_like_reduce(model):
 
 @pytest.mark.parametrize("route", ["forward keyword", "config", "generate"])
 def test_output_attentions_refused(model, route):
-    """RESTORE's fused attention never forms the attention matrix: asking for it is an error, not empty tuples."""
+    """RESTORE's fused attention never forms the attention matrix: asking for it is an error, not empty tuples.
+    (transformers itself refuses config.output_attentions = True unless the attention is eager, so the config
+    route is a model configured for eager attention weights before apply_restore.)"""
     ids, pv = prompt([1, 2], "img", [3]), images(1)
+    if route == "config":
+        model.set_attn_implementation("eager")
+        model.config.text_config.output_attentions = True
     rt.apply_restore(model, num_tokens=16)
     with pytest.raises(ValueError, match="output_attentions.*no attention weights"), torch.no_grad():
-        if route == "forward keyword":
-            model(input_ids=ids, pixel_values=pv, output_attentions=True)
-        elif route == "config":
-            model.config.text_config.output_attentions = True
-            model(input_ids=ids, pixel_values=pv)
+        if route in ("forward keyword", "config"):
+            model(input_ids=ids, pixel_values=pv, **({"output_attentions": True} if route != "config" else {}))
         else:
             model.generate(
                 input_ids=ids, pixel_values=pv, max_new_tokens=2, output_attentions=True, return_dict_in_generate=True

@@ -14,6 +14,7 @@ from transformers import AttentionInterface, CLIPVisionConfig  # noqa: E402
 
 import restore_ext  # noqa: E402
 from restore_ext.integrations import transformers as rt  # noqa: E402
+from restore_ext.integrations.transformers.visual_reduction import reduce_tokens  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_bias_really_applied(model):
         model(input_ids=ids, pixel_values=pv)
         feats = model.model.get_image_features(pixel_values=pv, return_dict=True).pooler_output[0][None]
     # The expected reduced sequence, from the library's own reduction of the projector output.
-    red = rt._reduce_images(feats, num_tokens, "divprune", 0.5, "reference")
+    red = reduce_tokens(feats, rt.RestoreSettings(num_tokens, "divprune", 0.5, "reference"))
     start = len(pre)
     vis_pos = start + red.position[0]
     pos = torch.cat([torch.arange(start), vis_pos, torch.arange(len(post)) + start + N])

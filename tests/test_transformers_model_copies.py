@@ -69,14 +69,13 @@ def test_deepcopy_is_patched_on_its_own(model):
 
 
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
-def test_pickled_model_round_trips(model, how):
+def test_pickled_model_round_trips(how):
+    """A patched model pickles (pickle, torch.save) and loads as a patched model of its own. Pickled before its
+    first forward: transformers installs local-closure output-capturing hooks on the vision tower at the first
+    forward that captures hidden states (LLaVA's always does), which makes any model, patched or not, unpicklable
+    from then on; RESTORE adds nothing unpicklable."""
     ids, pv = prompt([1, 2], "img", [3, 4]), images(1, seed=12)
-    with torch.no_grad():
-        unpatched = model(input_ids=ids, pixel_values=pv).logits
-    rt.apply_restore(model, num_tokens=16)
-    with torch.no_grad():
-        patched = model(input_ids=ids, pixel_values=pv).logits
-        seq, _ = greedy(model, ids, pv, steps=3)
+    model = rt.apply_restore(tiny_model(seed=3), num_tokens=16)
     if how == "pickle":
         loaded = pickle.loads(pickle.dumps(model))
     else:
@@ -84,10 +83,13 @@ def test_pickled_model_round_trips(model, how):
         torch.save(model, buf)
         buf.seek(0)
         loaded = torch.load(buf, weights_only=False)
-    assert rt.is_restore_applied(loaded)
-    _check_own_patch(loaded, ids, pv, patched)
-    assert torch.equal(greedy(loaded, ids, pv, steps=3)[0], seq)
+    assert rt.is_restore_applied(loaded) and loaded._restore_patch is not model._restore_patch
+    with torch.no_grad():
+        patched = model(input_ids=ids, pixel_values=pv).logits
+    seq = _check_own_patch(loaded, ids, pv, patched)
+    assert torch.equal(greedy(model, ids, pv, steps=2)[0], seq)
     rt.remove_restore(loaded)
     assert rt.is_restore_applied(model)  # the original keeps its patch
     with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids, pixel_values=pv).logits, unpatched, rtol=0, atol=0)
+        unpatched = tiny_model(seed=3)(input_ids=ids, pixel_values=pv).logits
+        assert torch.equal(loaded(input_ids=ids, pixel_values=pv).logits, unpatched)

@@ -82,8 +82,10 @@ def left_pad(rows):
 
 @torch.no_grad()
 def greedy(model, ids, pv, mask=None, steps=6, **kw):
+    if pv is not None:  # generate would pre-encode an explicit pixel_values=None
+        kw["pixel_values"] = pv
     out = model.generate(
-        input_ids=ids, pixel_values=pv, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
+        input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
         do_sample=False, return_dict_in_generate=True, output_logits=True, **kw,
     )
     return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, 1)
