@@ -42,7 +42,8 @@ def _route(model, route, ids, pv, opts):
     if route == "positional config":
         return model.generate(ids, GenerationConfig(max_new_tokens=2, **opts), pixel_values=pv)
     if route == "generation_config keyword":
-        return model.generate(input_ids=ids, pixel_values=pv, generation_config=GenerationConfig(max_new_tokens=2, **opts))
+        config = GenerationConfig(max_new_tokens=2, **opts)
+        return model.generate(input_ids=ids, pixel_values=pv, generation_config=config)
     assert route == "model default"
     for k, v in opts.items():
         setattr(model.generation_config, k, v)

@@ -199,6 +199,7 @@ def test_remove_restore_restores_exactly(model):
     assert torch.equal(out, ref) and torch.equal(seq, ref_seq)
     assert model.config.text_config._attn_implementation == sdpa_before
     assert "generate" not in vars(model) and not model._forward_pre_hooks and not model.model._forward_pre_hooks
+    assert not model.model._forward_hooks and "_restore_patch" not in vars(model.model)
 
 
 def test_llava_next_same_mechanism():

@@ -25,7 +25,8 @@ def reduce_tokens(features: Tensor, settings: RestoreSettings) -> "restore_ext.R
             features, num_out, base=settings.base, keep_ratio=settings.keep_ratio, rule=settings.rule
         )
     if r == 0:
-        return restore_ext.restore_reduce(features, features.new_empty((m, 0), dtype=torch.long), num_out, settings.rule)
+        nothing_kept = features.new_empty((m, 0), dtype=torch.long)
+        return restore_ext.restore_reduce(features, nothing_kept, num_out, settings.rule)
     retained = restore_ext.select(features, r, settings.base)
     source = torch.full((m, n), -1, dtype=torch.long, device=features.device)
     source.scatter_(1, retained, torch.arange(r, device=features.device).expand(m, r).contiguous())
