@@ -82,6 +82,12 @@ def test_errors(model):
         (dict(base="cls"), "base"),
         (dict(base=None), "base"),
         (dict(rule=None), "rule"),
+        (dict(num_tokens=16, ratio=0.5), "give num_tokens or ratio, not both"),
+        (dict(ratio=0.0), "ratio"),
+        (dict(ratio=1.5), "ratio"),
+        (dict(ratio="0.5"), "ratio"),
+        (dict(ratio=True), "ratio"),
+        (dict(ratio=float("nan")), "ratio"),
     ],
 )
 def test_bad_arguments_rejected_at_once(model, bad, name):

@@ -235,3 +235,11 @@ def test_llava_next_same_mechanism():
         assert m(input_ids=ids, pixel_values=pv, image_sizes=sizes).logits.shape[1] == 2 + 8 + 1 + 8 + 2
         seq = m.generate(input_ids=ids, pixel_values=pv, image_sizes=sizes, max_new_tokens=3, do_sample=False)
         assert seq.shape[1] == ids.shape[1] + 3
+        rt.remove_restore(m)
+        # dynamic resolution: a budget per image proportional to its own token count (rounded half up)
+        rt.apply_restore(m, ratio=0.3)
+        ks = [math.floor(0.3 * n + 0.5) for n in ns]
+        assert ks[0] != ks[1]
+        assert m(input_ids=ids, pixel_values=pv, image_sizes=sizes).logits.shape[1] == 2 + ks[0] + 1 + ks[1] + 2
+        seq = m.generate(input_ids=ids, pixel_values=pv, image_sizes=sizes, max_new_tokens=3, do_sample=False)
+        assert seq.shape[1] == ids.shape[1] + 3

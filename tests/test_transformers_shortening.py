@@ -33,17 +33,19 @@ def test_reduce_like_follows_the_assignment(keep_ratio, dtype):
 
 
 def _run(num_tokens=4):
-    """row 0: t t [image A: 12] t [video B: 10] t t; row 1: 9 padding, t [image C: 12] t t t t t."""
+    """row 0: t t [image A: 12] t [video B: 5] t [video B: 5 more] t t (a video split by a timestamp token, as
+    Qwen3-VL's frames are); row 1: 10 padding, t [image C: 12] t t t t t."""
     g = torch.Generator().manual_seed(1)
-    d, length = 8, 27
+    d, length = 8, 28
     embeds = torch.randn(2, length, d, generator=g)
     image_ph = torch.zeros(2, length, dtype=torch.bool)
     video_ph = torch.zeros(2, length, dtype=torch.bool)
     image_ph[0, 2:14] = True
-    video_ph[0, 15:25] = True
-    image_ph[1, 10:22] = True
+    video_ph[0, 15:20] = True
+    video_ph[0, 21:26] = True
+    image_ph[1, 11:23] = True
     valid = torch.ones(2, length, dtype=torch.bool)
-    valid[1, :9] = False
+    valid[1, :10] = False
     positions = torch.randint(0, 1000, (2, length, 3), generator=g)
     a, c, b = (torch.randn(n, d, generator=g) for n in (12, 12, 10))
     ax, cx, bx = (torch.randn(n, 2, 3, generator=g) for n in (12, 12, 10))
@@ -52,38 +54,40 @@ def _run(num_tokens=4):
         VisualInput("video", [b], video_ph, {"deep": [bx]}),
     ]
     settings = RestoreSettings(num_tokens, base="uniform")
-    next_pos = torch.tensor([50, 60])
-    short = shorten_prompt(embeds, valid, positions, visual, settings, next_pos)
-    items = {"a": (a, ax, 0, 2, 0), "b": (b, bx, 0, 15, 1), "c": (c, cx, 1, 10, 0)}  # feats, extra, row, col, modality
-    return short, embeds, positions, valid, settings, items
+    short = shorten_prompt(embeds, valid, positions, visual, settings, torch.tensor([50, 60]))
+    items = [  # features, extras, row, placeholder columns, modality
+        (a, ax, 0, torch.arange(2, 14), 0),
+        (b, bx, 0, torch.cat([torch.arange(15, 20), torch.arange(21, 26)]), 1),
+        (c, cx, 1, torch.arange(11, 23), 0),
+    ]
+    text = ~(image_ph | video_ph) & valid
+    return short, embeds, positions, text, settings, items
 
 
-def _expected_row(row, layout, embeds, positions, settings, items):
-    """[(embedding, position (3,), log size, layer-0 log size, modality, extra)] of a row's valid tokens in order."""
-    out = []
-    for part in layout:
-        if isinstance(part, int):  # a text column
-            out.append((embeds[row, part], positions[row, part], 0.0, 0.0, -1, torch.zeros(2, 3)))
-            continue
-        feats, extra, r, col, modality = items[part]
+def _expected_rows(embeds, positions, text, settings, items):
+    """Per row, [(embedding, position (3,), log size, layer-0 log size, modality, extra)] of its valid tokens in
+    column order: text tokens as they are, each item's outputs on their representatives' columns."""
+    rows = [[] for _ in range(embeds.shape[0])]
+    for r in range(embeds.shape[0]):
+        for col in text[r].nonzero().squeeze(1).tolist():
+            rows[r].append((col, (embeds[r, col], positions[r, col], 0.0, 0.0, -1, torch.zeros(2, 3))))
+    for feats, extra, r, cols, modality in items:
         red = reduce_tokens(feats[None], settings)
         ext = reduce_like(extra[None], red)[0]
         n, k = feats.shape[0], red.position.shape[1]
         for j in range(k):
-            p = int(red.position[0, j])
-            out.append((red.tokens[0, j], positions[r, col + p], math.log(int(red.size[0, j])), math.log(n / k),
-                        modality, ext[j]))
-    return out
+            col = int(cols[int(red.position[0, j])])
+            rows[r].append((col, (red.tokens[0, j], positions[r, col], math.log(int(red.size[0, j])),
+                                  math.log(n / k), modality, ext[j])))
+    return [[entry for _, entry in sorted(row, key=lambda e: e[0])] for row in rows]
 
 
 def test_two_modalities_multi_axis_positions_and_extras():
-    short, embeds, positions, valid, settings, items = _run()
-    rows = [
-        _expected_row(0, [0, 1, "a", 14, "b", 25, 26], embeds, positions, settings, items),
-        _expected_row(1, [9, "c", 22, 23, 24, 25, 26], embeds, positions, settings, items),
-    ]
+    short, embeds, positions, text, settings, items = _run()
+    rows = _expected_rows(embeds, positions, text, settings, items)
     width = max(len(r) for r in rows)
-    assert short.inputs_embeds.shape == (2, width, 8) and width == 2 + 4 + 1 + 4 + 2  # padding-only columns gone
+    assert short.inputs_embeds.shape == (2, width, 8) and width == 6 + 4 + 4  # padding-only columns gone
+    assert len(rows[1]) == 1 + 4 + 5 and (short.tokens_before, short.tokens_after) == (34, 12)
     keys = short.keys
     assert keys.pos.shape == (2, width, 3) and short.extras["deep"].shape == (2, width, 2, 3)
     for r, expected in enumerate(rows):
@@ -99,6 +103,9 @@ def test_two_modalities_multi_axis_positions_and_extras():
             assert int(short.modality[r, c]) == modality and bool(keys.visual[r, c]) == (modality >= 0)
             torch.testing.assert_close(short.extras["deep"][r, c], extra)
     assert torch.equal(keys.next_pos, torch.tensor([50, 60])) and keys.reduced_rows.all() and short.has_visual
+    # the split video really has outputs on both sides of its timestamp token
+    video_cols = [int(items[1][3][int(p)]) for p in reduce_tokens(items[1][0][None], settings).position[0]]
+    assert min(video_cols) < 20 < max(video_cols)
 
 
 def test_text_only_forward_is_the_same_path_unchanged():
@@ -113,14 +120,14 @@ def test_text_only_forward_is_the_same_path_unchanged():
     assert not short.keys.reduced_rows.any() and (short.modality == -1).all()
 
 
-def test_placeholder_runs_must_be_whole_items():
-    embeds = torch.randn(1, 10, 4)
-    ph = torch.zeros(1, 10, dtype=torch.bool)
-    ph[0, [1, 2, 3, 5, 6, 7]] = True  # two runs of 3, but one item of 6 features
-    args = (embeds, torch.ones(1, 10, dtype=torch.bool), torch.arange(10)[None], [])
-    with pytest.raises(ValueError, match="image's placeholder tokens must be contiguous"):
-        shorten_prompt(*args[:3], [VisualInput("image", [torch.randn(6, 4)], ph)], RestoreSettings(2),
-                       torch.tensor([10]))
+def test_placeholders_must_match_the_items():
+    embeds = torch.randn(2, 10, 4)
+    ph = torch.zeros(2, 10, dtype=torch.bool)
+    ph[0, 7:10] = True
+    ph[1, 0:3] = True  # one item of 6 features over two rows
+    args = (embeds, torch.ones(2, 10, dtype=torch.bool), torch.arange(10).expand(2, 10))
+    nxt = torch.tensor([10, 10])
+    with pytest.raises(ValueError, match="placeholder tokens of image 0 span several prompts"):
+        shorten_prompt(*args, [VisualInput("image", [torch.randn(6, 4)], ph)], RestoreSettings(2), nxt)
     with pytest.raises(ValueError, match="6 video placeholder tokens but the videos give 5"):
-        shorten_prompt(*args[:3], [VisualInput("video", [torch.randn(5, 4)], ph)], RestoreSettings(2),
-                       torch.tensor([10]))
+        shorten_prompt(*args, [VisualInput("video", [torch.randn(5, 4)], ph)], RestoreSettings(2), nxt)

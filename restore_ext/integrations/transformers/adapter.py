@@ -57,10 +57,13 @@ class Adapter:
         an empty list for a text-only forward (decode steps)."""
         raise NotImplementedError
 
-    def positions(self, inner, kw: dict, input_ids: Optional[Tensor], valid: Tensor, start: Optional[Tensor]) -> Tensor:
+    def positions(
+        self, inner, kw: dict, input_ids: Optional[Tensor], valid: Tensor, start: Optional[Tensor], visual: list
+    ) -> Tensor:
         """The full-prompt positions of this forward's tokens, (B, L) or (B, L, S) int64: ``kw["position_ids"]``
         (in the model's own layout) when given, else what the model would compute. ``start`` (B,) is where the
-        cached sequence continues (None without a cache); ``valid`` (B, L) marks non-padding tokens."""
+        cached sequence continues (None without a cache); ``valid`` (B, L) marks non-padding tokens; ``visual`` is
+        what ``visual_inputs`` returned for this forward (empty: a text-only forward)."""
         pos = kw.get("position_ids")
         bsz, seq = valid.shape
         if pos is None:
@@ -84,10 +87,18 @@ class Adapter:
         1-D positions, (S, size) for multi-axis ones."""
         raise NotImplementedError
 
-    def forward_overrides(self, inner, short) -> dict:
+    def forward_overrides(self, inner, short, keys) -> dict:
         """Keyword arguments to add to (or replace in) the inner forward's call for the shortened prompt ``short``
-        (a ``shortening.ShortenedPrompt``): e.g. pre-encoded reduced features and DeepStack inputs for Qwen3-VL."""
+        (a ``shortening.ShortenedPrompt``; ``keys`` the ``KeyState`` of the whole cache after this forward), e.g.
+        pre-encoded reduced features for the model to scatter itself."""
         return {}
+
+    def install(self, model, inner) -> list:
+        """Family-specific hooks to install at apply_restore (removable handles; remove_restore removes them), e.g.
+        a language-model pre-hook that injects Qwen3-VL's reduced DeepStack features read from the
+        ``restore_state`` keyword (``state.prompt.extras``). Hooks must be module-level functions or bound methods
+        of picklable objects, never closures, so that a copied model's hooks act on the copy."""
+        return []
 
 
 def placeholder_mask(inner, input_ids: Optional[Tensor], inputs_embeds: Tensor, token_id: int) -> Tensor:

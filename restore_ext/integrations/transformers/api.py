@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Optional
 
 from .adapters import adapter_for
 from .attention import ATTN_IMPLEMENTATION
@@ -32,17 +33,21 @@ def _check_text_model(model) -> None:
 
 def apply_restore(
     model,
-    num_tokens: int = 64,
+    num_tokens: Optional[int] = None,
     base: str = "divprune",
     keep_ratio: float = 0.5,
     rule: str = "reference",
     calibrate: bool = True,
     decode_distance_bias: bool = False,
+    *,
+    ratio: Optional[float] = None,
 ):
     """Make ``model(...)`` and ``model.generate(...)`` of a transformers LLaVA model run RESTORE.
 
     num_tokens: visual tokens per image after reduction (an image with fewer keeps all of them); an int or a 0-d
-        integer tensor.
+        integer tensor; 64 unless ``ratio`` is given.
+    ratio: instead of num_tokens, a budget per image for dynamic resolution: ``round(ratio * N)`` of its N tokens
+        (rounded half up, at least 2), ratio in (0, 1].
     base: the base method that picks the ``round(num_tokens * keep_ratio)`` retained tokens: "divprune",
         "uniform", or a callable(features (M, N, D), k) -> (M, k) indices (see restore_ext.select).
     keep_ratio: retained share of ``num_tokens``, a number in [0, 1]; the rest are merged anchors. 1.0 = pruning
@@ -58,7 +63,7 @@ def apply_restore(
     adapter.check_model(model)
     if is_restore_applied(model):
         raise ValueError("apply_restore: RESTORE is already applied to this model; call remove_restore(model) first")
-    settings = RestoreSettings(num_tokens, base, keep_ratio, rule, calibrate, decode_distance_bias)
+    settings = RestoreSettings(num_tokens, base, keep_ratio, rule, calibrate, decode_distance_bias, ratio)
     inner = adapter.inner(model)
     params = inspect.signature(type(inner).forward).parameters
     patch = Patch(
@@ -73,6 +78,7 @@ def apply_restore(
         inner.register_forward_pre_hook(restore_pre_hook, with_kwargs=True),
         inner.register_forward_hook(check_layers_hook, with_kwargs=True),
         model.register_forward_pre_hook(reject_labels, with_kwargs=True),
+        *adapter.install(model, inner),
     ]
     model.generate = GenerateGuard(model)
     model.set_attn_implementation({"text_config": ATTN_IMPLEMENTATION})

@@ -139,8 +139,8 @@ def restore_pre_hook(inner, args, kwargs):
     if mask is not None:
         valid = mask[:, -seq:].to(device=embeds.device, dtype=torch.bool)
 
-    positions = adapter.positions(inner, kw, input_ids, valid, None if past is None else past.next_pos)
     visual = adapter.visual_inputs(inner, kw, input_ids, embeds)
+    positions = adapter.positions(inner, kw, input_ids, valid, None if past is None else past.next_pos, visual)
     short = shorten_prompt(embeds, valid, positions, visual, settings, adapter.next_position(positions, valid))
     keys = short.keys if past is None else past.then(short.keys)
 
@@ -149,7 +149,7 @@ def restore_pre_hook(inner, args, kwargs):
     table = patch.table(inner, int(keys.pos.max()) + 1, embeds.device) if want_table else None
     state = RestoreState(
         keys.log_size, keys.log_size_first, keys.pos, short.keys.pos, keys.visual, table, keys.reduced_rows,
-        settings.calibrate,
+        settings.calibrate, prompt=short,
     )
     if cache is not None and use_cache:
         patch.records[cache] = keys
@@ -163,7 +163,7 @@ def restore_pre_hook(inner, args, kwargs):
         position_ids=adapter.model_position_ids(short.keys.pos),
         restore_state=state,
     )
-    kw.update(adapter.forward_overrides(inner, short))
+    kw.update(adapter.forward_overrides(inner, short, keys))
     kw[patch.cache_kwarg] = cache
     if "use_cache" in kw or use_cache:
         kw["use_cache"] = use_cache

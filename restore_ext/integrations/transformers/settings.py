@@ -4,13 +4,14 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
 from restore_ext.reduce_api import kept_count  # moves to restore_ext.reduction with the core redesign (issue 11)
 
+DEFAULT_NUM_TOKENS = 64
 BASES = ("divprune", "uniform")
 RULES = ("reference", "dpc")
 
@@ -38,19 +39,33 @@ def _as_ratio(value):
 class RestoreSettings:
     """The RESTORE configuration of one patched model (see ``apply_restore`` for each field's meaning)."""
 
-    num_tokens: int = 64
+    num_tokens: Optional[int] = None  # per item; 64 when neither it nor ratio is given
     base: Union[str, Callable] = "divprune"
     keep_ratio: float = 0.5
     rule: str = "reference"
     calibrate: bool = True
     decode_distance_bias: bool = False
+    ratio: Optional[float] = None  # per item K = round(ratio * N), at least 2 (dynamic resolution)
 
     def __post_init__(self):
-        num_tokens = _as_int(self.num_tokens)
-        if num_tokens is None or num_tokens < 1:
+        if self.num_tokens is not None and self.ratio is not None:
             raise ValueError(
-                f"apply_restore: num_tokens must be a positive int (or a 0-d integer tensor), got {self.num_tokens!r}"
+                f"apply_restore: give num_tokens or ratio, not both (got num_tokens={self.num_tokens!r}, "
+                f"ratio={self.ratio!r})"
             )
+        if self.ratio is not None:
+            ratio = _as_ratio(self.ratio)
+            if ratio is None or math.isnan(ratio) or not 0.0 < ratio <= 1.0:
+                raise ValueError(f"apply_restore: ratio must be a number in (0, 1], got {self.ratio!r}")
+            object.__setattr__(self, "ratio", ratio)
+        num_tokens = DEFAULT_NUM_TOKENS if self.num_tokens is None and self.ratio is None else self.num_tokens
+        if num_tokens is not None:
+            num_tokens = _as_int(num_tokens)
+            if num_tokens is None or num_tokens < 1:
+                raise ValueError(
+                    "apply_restore: num_tokens must be a positive int (or a 0-d integer tensor), got "
+                    f"{self.num_tokens!r}"
+                )
         keep_ratio = _as_ratio(self.keep_ratio)
         if keep_ratio is None or math.isnan(keep_ratio) or not 0.0 <= keep_ratio <= 1.0:
             raise ValueError(f"apply_restore: keep_ratio must be a number in [0, 1], got {self.keep_ratio!r}")
@@ -70,7 +85,10 @@ class RestoreSettings:
         object.__setattr__(self, "keep_ratio", keep_ratio)
 
     def budget(self, n: int) -> int:
-        """Tokens an item of ``n`` visual tokens keeps after reduction (an item with fewer keeps all of them)."""
+        """Tokens an item of ``n`` visual tokens keeps after reduction: ``num_tokens``, or ``ratio * n`` rounded half
+        up and at least 2; never more than ``n`` (an item with fewer keeps all of them)."""
+        if self.ratio is not None:
+            return min(n, max(2, math.floor(self.ratio * n + 0.5)))
         return min(self.num_tokens, n)
 
     def kept(self, num_out: int) -> int:

@@ -30,19 +30,22 @@ class ShortenedPrompt:
     extras: dict  # name -> (B, L', ...) reduced per-token extras at visual tokens, zeros elsewhere
     keys: KeyState  # log(size) per key, full-prompt positions, visual flags, next position, reduced rows
     has_visual: bool  # this forward carried visual items (a prefill, not a decode step)
+    tokens_before: int = 0  # visual tokens of this forward before reduction
+    tokens_after: int = 0  # and after
 
 
 @dataclass
 class _Item:
     row: int
-    col: int
+    cols: Tensor  # (N,) sequence column of each placeholder, in feature order
     features: Tensor  # (N, D)
     extras: dict  # name -> (N, ...)
     modality: int
 
 
 def _locate(index: int, vis: VisualInput) -> list:
-    """The items of one modality with the (row, first column) of their placeholder runs."""
+    """The items of one modality with the columns of their placeholders. An item's placeholders need not be
+    contiguous (Qwen3-VL puts timestamp text between a video's frames) but must lie in one row."""
     lengths = [int(f.shape[0]) for f in vis.features]
     rows, cols = vis.placeholder.nonzero(as_tuple=True)
     if rows.numel() != sum(lengths):
@@ -54,12 +57,13 @@ def _locate(index: int, vis: VisualInput) -> list:
     for i, n in enumerate(lengths):
         if n == 0:  # an item without tokens has nothing to reduce or place
             continue
-        r, c = int(rows[start]), int(cols[start])
-        if int(rows[start + n - 1]) != r or int(cols[start + n - 1]) - c + 1 != n:
+        r = int(rows[start])
+        if int(rows[start + n - 1]) != r:
             raise ValueError(
-                f"apply_restore: each {vis.modality}'s placeholder tokens must be contiguous within one prompt"
+                f"apply_restore: the placeholder tokens of {vis.modality} {i} span several prompts of the batch"
             )
-        items.append(_Item(r, c, vis.features[i], {k: v[i] for k, v in vis.extras.items()}, index))
+        extras = {k: v[i] for k, v in vis.extras.items()}
+        items.append(_Item(r, cols[start:start + n], vis.features[i], extras, index))
         start += n
     return items
 
@@ -114,6 +118,7 @@ def shorten_prompt(
     size_first = torch.ones(bsz, seq, dtype=torch.float32, device=dev)
     reduced_rows = torch.zeros(bsz, dtype=torch.bool, device=dev)
     extras = {}
+    tokens_after = 0
     if items:
         embeds = embeds.clone()
     # Items of equal token count (and the same extras) reduce in one batched call, whatever their modality.
@@ -124,8 +129,9 @@ def shorten_prompt(
         feats = torch.stack([items[i].features for i in idx]).to(dev, embeds.dtype)
         red = reduce_tokens(feats, settings)
         k = red.position.shape[1]
+        tokens_after += k * len(idx)
         rows = torch.tensor([items[i].row for i in idx], device=dev)[:, None].expand(-1, k)
-        cols = torch.tensor([items[i].col for i in idx], device=dev)[:, None] + red.position.to(dev)
+        cols = torch.stack([items[i].cols.to(dev) for i in idx]).gather(1, red.position.to(dev))
         embeds[rows, cols] = red.tokens.to(embeds.dtype)
         keep[rows, cols] = True
         modality[rows, cols] = torch.tensor([items[i].modality for i in idx], device=dev)[:, None]
@@ -165,4 +171,6 @@ def shorten_prompt(
         {name: _gather(t, index) for name, t in extras.items()},
         keys,
         bool(items),
+        sum(item.features.shape[0] for item in items),
+        tokens_after,
     )

@@ -31,6 +31,7 @@ class RestoreState:
     table: Optional[Tensor]  # (T,) or (S, T) float32, or None when this forward adds no distance bias
     bias_rows: Optional[Tensor]  # (B,) bool: rows that get the table (rows that hold a reduced visual item)
     calibrate: bool
+    prompt: Optional[object] = None  # this forward's shortening.ShortenedPrompt (extras for family hooks)
     layers_run: set = field(default_factory=set)  # layer indices whose attention consumed this state
 
     def __post_init__(self):
