@@ -6,7 +6,12 @@ import torch
 
 from tiny_llava import CACHE, images, prompt, tiny_config, tiny_model, with_cache
 
-from transformers import LlamaForCausalLM, LlavaForConditionalGeneration, MistralConfig  # noqa: E402
+from transformers import (  # noqa: E402
+    AttentionInterface,
+    LlamaForCausalLM,
+    LlavaForConditionalGeneration,
+    MistralConfig,
+)
 
 from restore_ext.integrations import transformers as rt  # noqa: E402
 
@@ -128,11 +133,21 @@ def test_output_attentions_refused(model, route):
             )
 
 
-@pytest.mark.parametrize("impl", ["eager", "sdpa", {"text_config": "eager"}])
+def _plain_sdpa(*args, **kwargs):  # a user-registered attention function that does not run RESTORE's
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(*args, **kwargs)
+
+
+AttentionInterface.register("plain_sdpa", _plain_sdpa)
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa", {"text_config": "eager"}, "plain_sdpa"])
 def test_attention_implementation_changed_after_apply_is_an_error(model, impl):
     """set_attn_implementation after apply_restore would keep the shortened sequence but drop calibration: the
-    next forward (and generate) raises, saying what happened and what to do; remove_restore still restores the
-    model exactly."""
+    next forward (and generate) raises, saying what happened and what to do, whether the new implementation is
+    one of transformers' own (refused before the forward) or a user-registered one that does not call RESTORE's
+    (found after it: not every layer ran calibrated attention); remove_restore still restores the model exactly."""
     ids, pv = prompt([1, 2], "img", [3, 4]), images(1, seed=14)
     with torch.no_grad():
         ref = model(input_ids=ids, pixel_values=pv).logits

@@ -11,7 +11,9 @@ import weakref
 
 import torch
 from transformers.cache_utils import DynamicCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .attention import ATTN_IMPLEMENTATION
 from .shortening import shorten_prompt
 from .state import RestoreState
 
@@ -90,6 +92,29 @@ def _check_request(inner, kw: dict) -> None:
         raise ValueError(OUTPUT_ATTENTIONS_ERROR)
 
 
+def _attention_changed(inner, layers) -> RuntimeError:
+    impl = inner.config.get_text_config(decoder=True)._attn_implementation
+    return RuntimeError(
+        f"apply_restore: RESTORE's calibrated attention would not run in layers {layers}: the text model's attention "
+        f"implementation is {impl!r}; was it changed after apply_restore? It must stay {ATTN_IMPLEMENTATION!r}, or "
+        "the output has the shortened sequence without calibration. Call remove_restore(model) before "
+        "set_attn_implementation(...), then apply_restore again if wanted."
+    )
+
+
+def _attention_is_transformers_own(inner) -> bool:
+    """Whether the text model's attention implementation is one of transformers' own (eager, sdpa, flash, flex):
+    then RESTORE's cannot run. A user-registered function may wrap ours; the forward hook checks that it did."""
+    impl = inner.config.get_text_config(decoder=True)._attn_implementation
+    if impl == ATTN_IMPLEMENTATION:
+        return False
+    try:
+        function = ALL_ATTENTION_FUNCTIONS[impl]
+    except KeyError:  # "eager" is not in the mapping (each model has its own), nor is an unloaded hub kernel
+        return True
+    return getattr(function, "__module__", "").startswith("transformers")
+
+
 def _cache_and_past(patch: Patch, inner, kw: dict):
     """(cache, use_cache, KeyState of what the cache holds or None), refusing caches RESTORE cannot follow."""
     use_cache = kw.get("use_cache")
@@ -127,6 +152,8 @@ def restore_pre_hook(inner, args, kwargs):
     if (input_ids is None) == (embeds is None):
         return args, kwargs  # the model's own forward raises its error
     _check_request(inner, kw)
+    if _attention_is_transformers_own(inner):
+        raise _attention_changed(inner, "all")
     cache, use_cache, past = _cache_and_past(patch, inner, kw)
     if embeds is None:
         embeds = inner.get_input_embeddings()(input_ids)
@@ -179,13 +206,7 @@ def check_layers_hook(inner, args, kwargs, output):
         return None
     missing = sorted(set(range(inner._restore_patch.num_layers)) - state.layers_run)
     if missing:
-        impl = inner.config.get_text_config(decoder=True)._attn_implementation
-        raise RuntimeError(
-            f"apply_restore: RESTORE's calibrated attention did not run in layers {missing}: the text model's "
-            f"attention implementation is {impl!r}; was it changed after apply_restore? It must stay 'restore', or "
-            "this output has the shortened sequence without calibration. Call remove_restore(model) before "
-            "set_attn_implementation(...), then apply_restore again if wanted."
-        )
+        raise _attention_changed(inner, missing)
     return None
 
 
