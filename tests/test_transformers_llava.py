@@ -63,10 +63,10 @@ def _probe(model):
 
 
 def test_bias_really_applied(model):
-    """At every layer the patched attention equals eager attention with the bias matrix of SPEC.md built here
-    independently: log(size) per key (layer 0: uniform N / num_tokens on visual keys), table[q_pos - k_pos] from the
-    model's rotary inv_freq, preserved positions (visual_start + original index; text after the image at its full
-    position), causal mask."""
+    """At every layer the patched attention equals eager attention with the bias matrix of the op contract
+    (docs/ops.md) built here independently: log(size) per key (layer 0: uniform N / num_tokens on visual keys),
+    table[q_pos - k_pos] from the model's rotary inv_freq, preserved positions (visual_start + original index; text
+    after the image at its full position), causal mask."""
     num_tokens = 16
     pre, post = [1, 2, 3], [4, 5, 6, 7]
     ids, pv = prompt(pre, "img", post), images(1)

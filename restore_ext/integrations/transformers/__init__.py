@@ -32,10 +32,11 @@ Mechanism (public extension points only, no copy of modeling code), one module e
 A patched model can be deep-copied and pickled: hooks and ``generate`` find the patch on the model they are called
 with. ``output_attentions=True`` raises (the fused attention forms no weights). ``remove_restore`` undoes all of it.
 
-Supported: transformers >= 5.0, < 6; ``LlavaForConditionalGeneration`` and ``LlavaNextForConditionalGeneration``
-whose language model is Llama, Mistral or Qwen2 with full (non-sliding) attention and static RoPE (default / linear
-/ llama3 / yarn); dynamic caches; greedy decoding and sampling. Outputs (logits, hidden states) are those of the
-*shortened* sequence: its last position is still the prompt's last token.
+Supported: transformers >= 5.0, < 6 (the integration tests pass on 5.0.0, 5.12.1 and 5.24.0);
+``LlavaForConditionalGeneration`` and ``LlavaNextForConditionalGeneration`` whose language model is Llama, Mistral
+or Qwen2 with full (non-sliding) attention and static RoPE (default / linear / llama3 / yarn); dynamic caches;
+greedy decoding and sampling. Outputs (logits, hidden states) are those of the *shortened* sequence: its last
+position is still the prompt's last token.
 """
 try:
     import transformers
