@@ -121,11 +121,11 @@ def shorten_prompt(
     tokens_after = 0
     if items:
         embeds = embeds.clone()
-    # Items of equal token count (and the same extras) reduce in one batched call, whatever their modality.
+    # Items of equal shape (and the same extras) reduce in one batched call, whatever their modality.
     groups = {}
     for i, item in enumerate(items):
-        groups.setdefault((item.features.shape[0], tuple(sorted(item.extras))), []).append(i)
-    for (n, names), idx in sorted(groups.items()):
+        groups.setdefault((tuple(item.features.shape), tuple(sorted(item.extras))), []).append(i)
+    for ((n, _), names), idx in sorted(groups.items()):
         feats = torch.stack([items[i].features for i in idx]).to(dev, embeds.dtype)
         red = reduce_tokens(feats, settings)
         k = red.position.shape[1]
