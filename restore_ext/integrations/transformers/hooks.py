@@ -71,29 +71,35 @@ def _bind_kwargs(module, args, kwargs) -> dict:
     return bound
 
 
+_KERNEL_FOUND = set()  # device types whose calibrated_attention kernel was found (the query costs each forward)
+
+
 def _check_kernel(device: torch.device) -> None:
     # A clear message instead of the dispatcher's when this build has no calibrated_attention for the device.
+    if device.type in _KERNEL_FOUND:
+        return
     key = {"cuda": "CUDA", "cpu": "CPU"}.get(device.type, device.type.upper())
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("restore::calibrated_attention", key):
+    if torch._C._dispatch_has_kernel_for_dispatch_key("restore::calibrated_attention", key):
+        _KERNEL_FOUND.add(device.type)
+    else:
         raise RuntimeError(
             f"apply_restore: this build of restore_ext has no calibrated_attention kernel for {device.type} "
             "(run the model on CPU, or rebuild restore_ext with that device's kernels)"
         )
 
 
-def _check_request(inner, kw: dict) -> None:
+def _check_request(text_config, kw: dict) -> None:
     mask = kw.get("attention_mask")
     if mask is not None and mask.dim() != 2:
         raise ValueError(f"apply_restore: only 2-D (batch, seq) attention masks are supported, got {mask.dim()}-D")
     # transformers' output capture reads the keyword first, then the text config
-    text_config = inner.config.get_text_config(decoder=True)
     wants = kw["output_attentions"] if "output_attentions" in kw else getattr(text_config, "output_attentions", False)
     if wants:
         raise ValueError(OUTPUT_ATTENTIONS_ERROR)
 
 
-def _attention_changed(inner, layers) -> RuntimeError:
-    impl = inner.config.get_text_config(decoder=True)._attn_implementation
+def _attention_changed(text_config, layers) -> RuntimeError:
+    impl = text_config._attn_implementation
     return RuntimeError(
         f"apply_restore: RESTORE's calibrated attention would not run in layers {layers}: the text model's attention "
         f"implementation is {impl!r}; was it changed after apply_restore? It must stay {ATTN_IMPLEMENTATION!r}, or "
@@ -102,10 +108,10 @@ def _attention_changed(inner, layers) -> RuntimeError:
     )
 
 
-def _attention_is_transformers_own(inner) -> bool:
+def _attention_is_transformers_own(text_config) -> bool:
     """Whether the text model's attention implementation is one of transformers' own (eager, sdpa, flash, flex):
     then RESTORE's cannot run. A user-registered function may wrap ours; the forward hook checks that it did."""
-    impl = inner.config.get_text_config(decoder=True)._attn_implementation
+    impl = text_config._attn_implementation
     if impl == ATTN_IMPLEMENTATION:
         return False
     try:
@@ -115,11 +121,11 @@ def _attention_is_transformers_own(inner) -> bool:
     return getattr(function, "__module__", "").startswith("transformers")
 
 
-def _cache_and_past(patch: Patch, inner, kw: dict):
+def _cache_and_past(patch: Patch, text_config, kw: dict):
     """(cache, use_cache, KeyState of what the cache holds or None), refusing caches RESTORE cannot follow."""
     use_cache = kw.get("use_cache")
     if use_cache is None:
-        use_cache = getattr(inner.config.get_text_config(decoder=True), "use_cache", True)
+        use_cache = getattr(text_config, "use_cache", True)
     cache = kw.get("cache", kw.get("past_key_values"))
     if cache is not None and not isinstance(cache, DynamicCache):
         raise ValueError(
@@ -127,7 +133,7 @@ def _cache_and_past(patch: Patch, inner, kw: dict):
             "state beside the cache and a static/offloaded/quantized cache is not tracked"
         )
     if cache is None and use_cache:
-        cache = DynamicCache(config=inner.config.get_text_config(decoder=True))
+        cache = DynamicCache(config=text_config)
     past = patch.records.get(cache) if cache is not None else None
     cached = cache.get_seq_length() if cache is not None else 0
     if cached and (past is None or past.length != cached):
@@ -151,10 +157,11 @@ def restore_pre_hook(inner, args, kwargs):
     input_ids, embeds = kw.get("input_ids"), kw.get("inputs_embeds")
     if (input_ids is None) == (embeds is None):
         return args, kwargs  # the model's own forward raises its error
-    _check_request(inner, kw)
-    if _attention_is_transformers_own(inner):
-        raise _attention_changed(inner, "all")
-    cache, use_cache, past = _cache_and_past(patch, inner, kw)
+    text_config = inner.config.get_text_config(decoder=True)  # once: it walks the sub-configs
+    _check_request(text_config, kw)
+    if _attention_is_transformers_own(text_config):
+        raise _attention_changed(text_config, "all")
+    cache, use_cache, past = _cache_and_past(patch, text_config, kw)
     if embeds is None:
         embeds = inner.get_input_embeddings()(input_ids)
     _check_kernel(embeds.device)
@@ -172,7 +179,7 @@ def restore_pre_hook(inner, args, kwargs):
     keys = short.keys if past is None else past.then(short.keys)
 
     prefill = past is None or short.has_visual
-    want_table = settings.calibrate and bool(keys.reduced_rows.any()) and (prefill or settings.decode_distance_bias)
+    want_table = settings.calibrate and keys.any_reduced and (prefill or settings.decode_distance_bias)
     table = patch.table(inner, int(keys.pos.max()) + 1, embeds.device) if want_table else None
     state = RestoreState(
         keys.log_size, keys.log_size_first, keys.pos, short.keys.pos, keys.visual, table, keys.reduced_rows,
@@ -206,7 +213,7 @@ def check_layers_hook(inner, args, kwargs, output):
         return None
     missing = sorted(set(range(inner._restore_patch.num_layers)) - state.layers_run)
     if missing:
-        raise _attention_changed(inner, missing)
+        raise _attention_changed(inner.config.get_text_config(decoder=True), missing)
     return None
 
 

@@ -4,6 +4,7 @@ step), so that the tokens the language model sees and the per-key state beside t
 Each visual item's N placeholder tokens become ``settings.budget(N)`` reduced tokens at the positions their
 representatives had; text tokens stay. Rows then left-align to the longest row, and columns that are padding in
 every row are dropped (a text-only row batched with an image row does not keep the batch at the unreduced length).
+A forward without visual items (a decode step, a text-only prompt) passes through with its columns as they are.
 """
 from __future__ import annotations
 
@@ -76,11 +77,12 @@ def _gather(t: Tensor, index: Optional[Tensor]) -> Tensor:
     return t.gather(1, index.view(*index.shape, *([1] * (t.dim() - 2))).expand(shape))
 
 
-def _layout(keep: Tensor, valid: Tensor):
+def _layout(keep: Tensor, valid: Tensor, shortened: bool):
     """(index, filled), both (B, L'): the source column of each output token and whether it holds one. The kept
     tokens of each row are right-aligned (left padding), then the columns that are padding in every row dropped.
-    (None, None) when that is every column as it is."""
-    if bool(keep.all()) and bool(valid.all()):
+    (None, None): every column as it is, for a forward that shortened nothing (decode steps, text-only prompts:
+    no device sync there)."""
+    if not shortened:
         return None, None
     bsz = keep.shape[0]
     counts = keep.sum(1)
@@ -110,17 +112,18 @@ def shorten_prompt(
     bsz, seq, _ = embeds.shape
     dev = embeds.device
     items = [item for i, vis in enumerate(visual) for item in _locate(i, vis)]
-    keep = torch.ones(bsz, seq, dtype=torch.bool, device=dev)
-    for vis in visual:
-        keep &= ~vis.placeholder.to(dev)
     modality = torch.full((bsz, seq), -1, dtype=torch.long, device=dev)
-    size = torch.ones(bsz, seq, dtype=torch.float32, device=dev)
-    size_first = torch.ones(bsz, seq, dtype=torch.float32, device=dev)
     reduced_rows = torch.zeros(bsz, dtype=torch.bool, device=dev)
     extras = {}
     tokens_after = 0
+    keep = size = size_first = None  # per-token buffers of a forward that reduces something
     if items:
         embeds = embeds.clone()
+        keep = torch.ones(bsz, seq, dtype=torch.bool, device=dev)
+        for vis in visual:
+            keep &= ~vis.placeholder.to(dev)
+        size = torch.ones(bsz, seq, dtype=torch.float32, device=dev)
+        size_first = torch.ones(bsz, seq, dtype=torch.float32, device=dev)
     # Items of equal shape (and the same extras) reduce in one batched call, whatever their modality.
     groups = {}
     for i, item in enumerate(items):
@@ -144,17 +147,15 @@ def shorten_prompt(
                 extras[name] = values.new_zeros((bsz, seq) + values.shape[2:])
             extras[name][rows, cols] = values
 
-    index, filled = _layout(keep, valid)
+    index, filled = _layout(keep, valid, bool(items))
     out_valid = _gather(valid, index)
     if filled is not None:
         out_valid = out_valid & filled  # the left-padding slots of shorter rows
     pos_valid = out_valid.view(*out_valid.shape, *([1] * (positions.dim() - 2)))
-    neg_inf = torch.full(out_valid.shape, -math.inf, device=dev)
-    if settings.calibrate:
-        log_size = torch.where(out_valid, _gather(size, index).log(), neg_inf)
-        log_size_first = torch.where(out_valid, _gather(size_first, index).log(), neg_inf)
-    else:
-        log_size = log_size_first = torch.where(out_valid, torch.zeros_like(neg_inf), neg_inf)
+    log_size = log_size_first = torch.where(out_valid, 0.0, -math.inf).float()  # text: size 1; padding: -inf
+    if items and settings.calibrate:
+        log_size = log_size + _gather(size, index).log()
+        log_size_first = log_size_first + _gather(size_first, index).log()
     out_modality = _gather(modality, index)
     keys = KeyState(
         log_size,
@@ -163,6 +164,7 @@ def shorten_prompt(
         (out_modality >= 0) & out_valid,
         next_pos,
         reduced_rows,
+        bool(items),
     )
     return ShortenedPrompt(
         _gather(embeds, index),

@@ -68,6 +68,7 @@ class KeyState:
     visual: Tensor  # (B, Lk) bool
     next_pos: Tensor  # (B,) int64: original position where the next token continues
     reduced_rows: Tensor  # (B,) bool: rows whose prompt held a reduced visual item
+    any_reduced: bool = False  # reduced_rows.any(), known on the host (no device sync in decode steps)
 
     @property
     def length(self) -> int:
@@ -90,4 +91,5 @@ class KeyState:
             torch.cat([self.visual, new.visual], 1),
             torch.maximum(self.next_pos, new.next_pos),
             self.reduced_rows | new.reduced_rows,
+            self.any_reduced or new.any_reduced,
         )
