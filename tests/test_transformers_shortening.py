@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
+if int(transformers.__version__.split(".")[0]) != 5:
+    pytest.skip(f"the integration targets transformers 5.x, found {transformers.__version__}", allow_module_level=True)
 
 from restore_ext.integrations.transformers.adapter import VisualInput  # noqa: E402
 from restore_ext.integrations.transformers.settings import RestoreSettings  # noqa: E402
