@@ -2,30 +2,26 @@
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
-from restore_ext.reduce_api import kept_count  # moves to restore_ext.reduction with the core redesign (issue 11)
+from restore_ext.reduction import kept_count
+from restore_ext.validation import as_int
 
 DEFAULT_NUM_TOKENS = 64
 BASES = ("divprune", "uniform")
 RULES = ("reference", "dpc")
 
 
-def _as_int(value):
-    """value as a Python int if it is an integer (int, numpy integer, 0-d integer tensor; never bool), else None."""
-    if isinstance(value, bool):
+def _as_count(value):
+    """value as a Python int if it is an integer (the core's rule), and for a tensor only a 0-d integer one (a
+    one-element 1-D tensor or a bool tensor would pass ``operator.index``)."""
+    if isinstance(value, Tensor) and (value.dim() != 0 or value.dtype == torch.bool):
         return None
-    if isinstance(value, Tensor) and (value.dim() != 0 or value.dtype == torch.bool or value.is_floating_point()):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
+    return as_int(value)
 
 
 def _as_ratio(value):
@@ -60,7 +56,7 @@ class RestoreSettings:
             object.__setattr__(self, "ratio", ratio)
         num_tokens = DEFAULT_NUM_TOKENS if self.num_tokens is None and self.ratio is None else self.num_tokens
         if num_tokens is not None:
-            num_tokens = _as_int(num_tokens)
+            num_tokens = _as_count(num_tokens)
             if num_tokens is None or num_tokens < 1:
                 raise ValueError(
                     "apply_restore: num_tokens must be a positive int (or a 0-d integer tensor), got "
