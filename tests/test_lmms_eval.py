@@ -1,0 +1,205 @@
+"""restore_ext's lmms-eval models (restore_ext.integrations.lmms_eval), offline: the entry point resolves, and a
+tiny random-weight LLaVA checkpoint made here runs lmms-eval's simple_evaluate end to end on a local task whose
+images and questions are generated here. Runs where lmms-eval is installed (`make test-eval`); skipped elsewhere.
+"""
+import importlib.metadata
+import inspect
+import textwrap
+
+import pytest
+import torch
+
+lmms_eval = pytest.importorskip("lmms_eval")
+datasets = pytest.importorskip("datasets")
+
+from lmms_eval.evaluator import simple_evaluate  # noqa: E402
+from lmms_eval.models import get_model, get_model_manifest  # noqa: E402
+from lmms_eval.tasks import TaskManager  # noqa: E402
+
+from restore_ext.integrations import lmms_eval as rle  # noqa: E402
+from restore_ext.integrations.transformers import apply_restore, is_restore_applied  # noqa: E402
+
+N = 64  # visual tokens of the tiny tower: 112 px / patch 14 = 8 x 8
+TASK = "restore_tiny_yesno"
+# content as a string (lmms-eval's simple classes) or a list of image / text parts (its chat classes)
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'].upper() + ': ' }}{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<image>\n' }}{% elif c['type'] == 'text' %}"
+    "{{ c['text'] }}{% endif %}{% endfor %}{% endif %}{{ ' ' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def tiny_llava_checkpoint(path):
+    """A LLaVA-1.5-shaped checkpoint with random weights and its processor (CLIP image processor, a byte-level
+    BPE tokenizer trained here on a few sentences), saved as lmms-eval's llava_hf loads it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>", "<image>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["USER: Is there a red square in the image? Answer yes or no. ASSISTANT: yes no"] * 4,
+                            trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                        extra_special_tokens={"image_token": "<image>"})
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=CHAT_TEMPLATE)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=112, patch_size=14),
+        text_config=LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
+                                pad_token_id=tokenizer.pad_token_id),
+        image_token_id=image_id, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def local_task(folder, count=4):
+    """A yes/no task in lmms-eval's yaml form over a dataset saved to disk: images with or without a red square."""
+    from PIL import Image, ImageDraw
+
+    images, questions, answers = [], [], []
+    for i in range(count):
+        img = Image.new("RGB", (112, 112), (40 + 40 * i, 120, 200 - 30 * i))
+        if i % 2 == 0:
+            ImageDraw.Draw(img).rectangle((20 + 10 * i, 30, 60 + 10 * i, 70), fill=(230, 20, 20))
+        images.append(img)
+        questions.append("Is there a red square in the image?")
+        answers.append("yes" if i % 2 == 0 else "no")
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "answer": datasets.Value("string")})
+    data = datasets.Dataset.from_dict(dict(image=images, question=questions, answer=answers), features=features)
+    datasets.DatasetDict(test=data).save_to_disk(str(folder / "data"))
+    (folder / "tiny_utils.py").write_text(textwrap.dedent("""
+        def doc_to_visual(doc):
+            return [doc["image"].convert("RGB")]
+
+        def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+            return doc["question"] + " Answer yes or no."
+
+        def process_results(doc, results):
+            return {"accuracy": float(results[0].strip().lower() == doc["answer"])}
+    """))
+    (folder / f"{TASK}.yaml").write_text(textwrap.dedent(f"""
+        task: {TASK}
+        dataset_path: {folder / "data"}
+        dataset_kwargs:
+          load_from_disk: true
+        test_split: test
+        output_type: generate_until
+        doc_to_visual: !function tiny_utils.doc_to_visual
+        doc_to_text: !function tiny_utils.doc_to_text
+        doc_to_target: answer
+        generation_kwargs:
+          max_new_tokens: 3
+          temperature: 0
+          do_sample: false
+        process_results: !function tiny_utils.process_results
+        metric_list:
+          - metric: accuracy
+            aggregation: mean
+            higher_is_better: true
+    """))
+    return TaskManager(include_path=str(folder))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_llava_checkpoint(tmp_path_factory.mktemp("llava"))
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    return local_task(tmp_path_factory.mktemp("task"))
+
+
+def evaluate(lm, tasks, **kw):
+    return simple_evaluate(model=lm, tasks=[TASK], task_manager=tasks, batch_size=1, device="cpu",
+                           bootstrap_iters=0, **kw)
+
+
+def prefill_lengths(lm):
+    """Sequence lengths the language model sees on each prefill (more than one new token)."""
+    seen = []
+
+    def hook(module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and embeds.shape[1] > 1:
+            seen.append(embeds.shape[1])
+
+    return seen, lm.model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_entry_point_resolves_every_model():
+    eps = [ep for ep in importlib.metadata.entry_points(group="lmms_eval.models") if ep.name == "restore"]
+    assert len(eps) == 1 and eps[0].load() is rle.manifests
+    for model_id, (base_id, chat, simple) in rle.MODELS.items():
+        manifest = get_model_manifest(model_id)
+        assert manifest.chat_class_path == f"{rle.__name__}.{chat}"
+        assert manifest.simple_class_path == f"{rle.__name__}.{simple}"
+        for force_simple in (False, True):
+            cls = get_model(model_id, force_simple=force_simple)
+            base = get_model(base_id, force_simple=force_simple)
+            assert issubclass(cls, base) and cls is not base and cls.is_simple == base.is_simple
+
+
+@pytest.mark.parametrize("model_id", ["restore_llava_hf"])
+@pytest.mark.parametrize("force_simple", [False, True])
+def test_simple_evaluate_end_to_end_runs_restore(checkpoint, tasks, model_id, force_simple):
+    cls = get_model(model_id, force_simple=force_simple)
+    lm = cls.create_from_arg_string(f"pretrained={checkpoint},device_map=cpu,num_tokens=16,base=divprune,keep_ratio=0.5",
+                                    {"batch_size": 1, "device": "cpu"})
+    assert is_restore_applied(lm.model) and lm.restore_settings == dict(num_tokens=16, base="divprune", keep_ratio=0.5)
+    seen, handle = prefill_lengths(lm)
+    try:
+        out = evaluate(lm, tasks, log_samples=True)
+    finally:
+        handle.remove()
+    assert 0.0 <= out["results"][TASK]["accuracy,none"] <= 1.0
+    samples = out["samples"][TASK]
+    assert len(samples) == 4 and all(isinstance(s["resps"][0][0], str) for s in samples)
+    # every prompt reached the LLM with its 64 image tokens reduced to 16 (so 48 fewer)
+    full = get_model("llava_hf", force_simple=force_simple).create_from_arg_string(
+        f"pretrained={checkpoint},device_map=cpu", {"batch_size": 1, "device": "cpu"})
+    seen_full, handle = prefill_lengths(full)
+    try:
+        evaluate(full, tasks)
+    finally:
+        handle.remove()
+    assert len(seen) == len(seen_full) == 4
+    assert sorted(seen) == sorted(n - (N - 16) for n in seen_full)
+
+
+def test_generate_error_fails_the_run_instead_of_empty_answers(checkpoint, tasks):
+    lm = get_model("restore_llava_hf").create_from_arg_string(f"pretrained={checkpoint},device_map=cpu,num_tokens=16",
+                                                              {"batch_size": 1, "device": "cpu"})
+    # beam search is refused inside apply_restore's generate guard; lmms-eval alone would log it and score ""
+    with pytest.raises(RuntimeError, match="generate failed under RESTORE for 4 request.*beam search"):
+        evaluate(lm, tasks, gen_kwargs="num_beams=2")
+
+
+def test_model_args_are_checked(checkpoint):
+    cls = get_model("restore_llava_hf")
+    with pytest.raises(ValueError, match="give num_tokens or ratio, not both"):
+        cls.create_from_arg_string(f"pretrained={checkpoint},device_map=cpu,num_tokens=16,ratio=0.25", {"device": "cpu"})
+    with pytest.raises(ValueError, match="keep_ratio must lie in"):
+        cls.create_from_arg_string(f"pretrained={checkpoint},device_map=cpu,keep_ratio=1.5", {"device": "cpu"})
+    if "ratio" not in inspect.signature(apply_restore).parameters:  # until the dynamic-resolution budget lands
+        with pytest.raises(ValueError, match=r"does not take \['ratio'\]"):
+            cls.create_from_arg_string(f"pretrained={checkpoint},device_map=cpu,ratio=0.25", {"device": "cpu"})
+    lm = cls.create_from_arg_string(f"pretrained={checkpoint},device_map=cpu,num_tokens=8,keep_ratio=1.0,calibrate=False",
+                                    {"device": "cpu"})  # the base method alone, as eval_paper.sh runs it
+    assert lm.restore_settings == dict(num_tokens=8, keep_ratio=1.0, calibrate=False)
