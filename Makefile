@@ -45,6 +45,10 @@ test-eval: build $(EVAL_VENV)/.deps-stamp
 bench: build
 	$(PY) benchmarks/run.py --quick
 
+# A whole LLaVA-1.5 model (7B shapes scaled to the CPU): time to first token by stage, decode, peak memory.
+bench-e2e: build
+	$(PY) benchmarks/bench_end_to_end.py
+
 # RESTORE inside a small random-weight LLaVA (576-token image): tokens, prefill time, attention share, KL.
 demo: build
 	$(PY) -m restore_ext.demo
