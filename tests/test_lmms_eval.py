@@ -203,3 +203,40 @@ def test_model_args_are_checked(checkpoint):
     lm = cls.create_from_arg_string(f"pretrained={checkpoint},device_map=cpu,num_tokens=8,keep_ratio=1.0,calibrate=False",
                                     {"device": "cpu"})  # the base method alone, as eval_paper.sh runs it
     assert lm.restore_settings == dict(num_tokens=8, keep_ratio=1.0, calibrate=False)
+
+
+def test_eval_paper_script_end_to_end(checkpoint, tmp_path_factory):
+    """scripts/eval_paper.sh through lmms-eval's CLI on the local task: full, base alone and RESTORE at one budget,
+    then the summary table."""
+    import os
+    import subprocess
+    import sys
+
+    task_dir = tmp_path_factory.mktemp("cli_task")
+    local_task(task_dir, count=2)
+    out = tmp_path_factory.mktemp("cli_out")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TASKS=TASK, BUDGETS="16", MODEL_ARGS="device_map=cpu", LAUNCH=f"{sys.executable} -m lmms_eval",
+               EXTRA_ARGS=f"--include_path {task_dir} --device cpu",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    proc = subprocess.run(["bash", os.path.join(root, "scripts", "eval_paper.sh"), checkpoint, str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = (out / "summary.md").read_text().splitlines()
+    assert table[0] == f"| variant | {TASK} (accuracy) | avg. relative to full |"
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| full", "| base-16", "| restore-16"]
+    assert table[2].endswith("| 100.0 % |") or table[2].endswith("| n/a |")  # n/a: the random model scored 0
+
+
+def test_summary_table_relative_scores():
+    runs = {
+        "full": {"pope": {"alias": "pope", "pope_f1_score,none": 0.8, "pope_f1_score_stderr,none": "N/A"},
+                 "mme": {"mme_perception_score,none": 1500.0, "mme_cognition_score,none": 300.0}},
+        "restore-64": {"pope": {"pope_f1_score,none": 0.76}, "mme": {"mme_perception_score,none": 1425.0}},
+        "base-64": {"pope": {"pope_f1_score,none": 0.72}},
+    }
+    lines = rle.summary_table(runs).splitlines()
+    assert lines[0] == "| variant | mme (mme_perception_score) | pope (pope_f1_score) | avg. relative to full |"
+    assert lines[2] == "| full | 1500 | 0.8 | 100.0 % |"
+    assert lines[3] == "| restore-64 | 1425 | 0.76 | 95.0 % |"
+    assert lines[4] == "| base-64 |  | 0.72 | n/a |"  # a missing benchmark: no average

@@ -123,6 +123,66 @@ def _restore_class(name: str, base: type) -> type:
                                 "__qualname__": name, "__doc__": doc})
 
 
+# The paper's benchmarks as lmms-eval names them, and the metric each row of the paper reports (lmms-eval's
+# numbers: fractions for most, MME's perception score as a sum, MMBench already in percent).
+PAPER_TASKS = {
+    "gqa": "exact_match", "mmbench_en_dev": "gpt_eval_score", "mme": "mme_perception_score", "pope": "pope_f1_score",
+    "scienceqa_img": "exact_match", "seedbench": "seed_image", "textvqa_val": "exact_match",
+    "ocrbench": "ocrbench_accuracy", "mmbench_en_dev_static": "gpt_eval_score",
+}
+
+
+def _headline(task: str, metrics: dict):
+    """(name, value) of a task's headline metric in lmms-eval's results: PAPER_TASKS', else its first number."""
+    want = PAPER_TASKS.get(task)
+    for key, value in metrics.items():
+        name = key.split(",")[0]
+        if isinstance(value, (int, float)) and not name.endswith("_stderr") and want in (None, name):
+            return name, float(value)
+    return None, None
+
+
+def summary_table(runs: dict) -> str:
+    """Markdown table of lmms-eval runs ``{variant: results}`` (``results`` = the "results" entry of
+    simple_evaluate's output or of a *_results.json): one row per variant, one column per task (its headline
+    metric), and the paper's average relative score, mean over tasks of variant / full * 100, when a variant
+    named "full" is present."""
+    tasks = sorted({t for res in runs.values() for t in res})
+    cells = {v: {t: _headline(t, res[t]) for t in res} for v, res in runs.items()}
+    names = {t: next((c[t][0] for c in cells.values() if t in c and c[t][0]), "?") for t in tasks}
+    head = "| variant | " + " | ".join(f"{t} ({names[t]})" for t in tasks) + " | avg. relative to full |"
+    lines = [head, "|" + "---|" * (len(tasks) + 2)]
+    full = cells.get("full", {})
+    for variant, row in cells.items():
+        values = [row.get(t, (None, None))[1] for t in tasks]
+        ratios = [v / full[t][1] for t, v in zip(tasks, values)
+                  if v is not None and t in full and full[t][1] not in (None, 0.0)]
+        rel = f"{100 * sum(ratios) / len(ratios):.1f} %" if full and len(ratios) == len(tasks) else "n/a"
+        shown = ["" if v is None else f"{v:.4g}" for v in values]
+        lines.append(f"| {variant} | " + " | ".join(shown) + f" | {rel} |")
+    return "\n".join(lines)
+
+
+def _summarize_folder(out_dir: str) -> str:
+    """summary_table over eval_paper.sh's folders OUT/<variant>/**/*_results.json (the newest per variant)."""
+    import glob
+    import json
+    import os
+
+    runs = {}
+    for variant in sorted(os.listdir(out_dir)):
+        files = sorted(glob.glob(os.path.join(out_dir, variant, "**", "*_results.json"), recursive=True),
+                       key=os.path.getmtime)
+        if files:
+            with open(files[-1]) as f:
+                runs[variant] = json.load(f)["results"]
+    def key(v):  # full first, then by budget, the base method alone before RESTORE
+        kind, _, budget = v.rpartition("-")
+        return (0, 0, "") if v == "full" else (1, int(budget) if budget.isdigit() else 1 << 30, kind)
+
+    return summary_table({v: runs[v] for v in sorted(runs, key=key)})
+
+
 def __getattr__(name: str):
     # Classes are built on first use: importing one family's lmms-eval module must not need another's extras.
     if name not in _BASES:
@@ -133,4 +193,9 @@ def __getattr__(name: str):
     return cls
 
 
-__all__ = ["MODELS", "RESTORE_ARGS", "manifests", "restore_settings", *_BASES]
+if __name__ == "__main__":  # python -m restore_ext.integrations.lmms_eval OUT_DIR (scripts/eval_paper.sh)
+    import sys
+
+    print(_summarize_folder(sys.argv[1]))
+
+__all__ = ["MODELS", "PAPER_TASKS", "RESTORE_ARGS", "manifests", "restore_settings", "summary_table", *_BASES]
