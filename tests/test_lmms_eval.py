@@ -67,6 +67,57 @@ def tiny_llava_checkpoint(path):
     return str(path)
 
 
+QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN_PIXELS = "min_pixels=3136,max_pixels=12544"  # 112 x 112 images: 8 x 8 patches, 16 tokens after the merger
+
+
+def tiny_qwen2_5_vl_checkpoint(path):
+    """A Qwen2.5-VL-shaped checkpoint with random weights (M-RoPE sections [2, 3, 3] of head dim 16) and its
+    processor, saved as lmms-eval's qwen2_5_vl loads it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                              Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+               "<|video_pad|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["user Is there a red square in the image? Answer yes or no. assistant yes no"] * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        extra_special_tokens={"image_token": "<|image_pad|>",
+                                                              "video_token": "<|video_pad|>"})
+    tokenizer.chat_template = QWEN_TEMPLATE
+    pixels = dict(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
+                                    video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=QWEN_TEMPLATE)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
+    config = Qwen2_5_VLConfig(
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[0]),
+        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
+                         bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<|im_end|>"],
+                         rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3])),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+    )
+    torch.manual_seed(0)
+    Qwen2_5_VLForConditionalGeneration(config).eval().save_pretrained(path)
+    processor.save_pretrained(path)
+    tokenizer.save_pretrained(path)  # lmms-eval's Qwen classes load the tokenizer on its own
+    return str(path)
+
+
 def local_task(folder, count=4):
     """A yes/no task in lmms-eval's yaml form over a dataset saved to disk: images with or without a red square."""
     from PIL import Image, ImageDraw
@@ -181,6 +232,29 @@ def test_simple_evaluate_end_to_end_runs_restore(checkpoint, tasks, model_id, fo
         handle.remove()
     assert len(seen) == len(seen_full) == 4
     assert sorted(seen) == sorted(n - (N - 16) for n in seen_full)
+
+
+def test_qwen2_5_vl_end_to_end_once_apply_restore_supports_it(tasks, tmp_path_factory):
+    """restore_qwen2_5_vl shortens every prompt's 16 image tokens to 8 where lmms-eval's own qwen2_5_vl keeps
+    them; until apply_restore supports Qwen2.5-VL it is skipped with apply_restore's "not supported" error
+    (checked first, so the skip costs no evaluation)."""
+    ckpt = tiny_qwen2_5_vl_checkpoint(tmp_path_factory.mktemp("qwen2_5_vl"))
+    args, extra = f"pretrained={ckpt},device_map=cpu,{QWEN_PIXELS}", {"batch_size": 1, "device": "cpu"}
+    try:
+        lm = get_model("restore_qwen2_5_vl").create_from_arg_string(args + ",num_tokens=8", extra)
+    except ValueError as e:
+        if "Qwen2_5_VLForConditionalGeneration is not supported" in str(e):
+            pytest.skip(f"apply_restore does not support Qwen2.5-VL yet: {e}")
+        raise
+    runs = {}
+    for name, model in (("restore", lm), ("full", get_model("qwen2_5_vl").create_from_arg_string(args, extra))):
+        runs[name], handle = prefill_lengths(model)
+        try:
+            out = evaluate(model, tasks, log_samples=True)
+        finally:
+            handle.remove()
+        assert len(out["samples"][TASK]) == 4
+    assert len(runs["full"]) == 4 and sorted(runs["restore"]) == sorted(n - 8 for n in runs["full"])
 
 
 def test_generate_error_fails_the_run_instead_of_empty_answers(checkpoint, tasks):
