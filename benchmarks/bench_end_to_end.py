@@ -63,6 +63,12 @@ def build_llava15(scale, device, dtype):
     from transformers import LlavaForConditionalGeneration
 
     config = llava15_config(scale)
+    with torch.device("meta"):  # count the parameters without allocating them
+        params = sum(p.numel() for p in LlavaForConditionalGeneration(config).parameters())
+    need = params * torch.finfo(dtype).bits // 8
+    if torch.device(device).type == "cpu" and need > 0.8 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"):
+        sys.exit(f"bench_end_to_end: the weights alone need {need / 2**30:.1f} GiB at this scale; "
+                 "use a smaller --scale on this machine")
     torch.manual_seed(0)
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # initialise in the target dtype: a 7B model in float32 first would not fit
