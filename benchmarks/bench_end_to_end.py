@@ -290,14 +290,15 @@ def main(argv=None):
               f"{r['peak_bytes'] / 2**20:8.0f} {speed:>12s}")
     stamp = datetime.date.today().isoformat()
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"e2e-llava15-{'cuda' if cuda else 'cpu'}-{'full' if scale == 1.0 else f's{scale:g}'}-{stamp}")
+    size = "full" if scale == 1.0 else f"s{scale:g}"
+    stem = os.path.join(args.out, f"e2e-llava15-{'cuda' if cuda else 'cpu'}-{size}-{stamp}")
     meta = dict(model="LLaVA-1.5-7B shapes", scale=scale, parameters=params, dtype=str(dtype),
                 device=device_name(args.device), torch=torch.__version__, date=stamp, repeats=args.repeats,
                 decode_tokens=args.decode_tokens, prompt=[SYSTEM, 576, QUESTION])
     with open(stem + ".json", "w") as f:
         json.dump(dict(meta, rows=rows), f, indent=1)
-    title = (f"LLaVA-1.5-7B shapes, {scale_txt}, random weights, {dtype} — {meta['device']}, torch {torch.__version__},"
-             f" {stamp}")
+    title = (f"LLaVA-1.5-7B shapes, {scale_txt}, random weights, {dtype} — {meta['device']}, "
+             f"torch {torch.__version__}, {stamp}")
     png = plot(rows, title, stem + ".png")
     print(f"wrote {stem}.json" + (f" and {png}" if png else ""))
 

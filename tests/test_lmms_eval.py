@@ -90,7 +90,8 @@ def tiny_qwen2_5_vl_checkpoint(path):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=special,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["user Is there a red square in the image? Answer yes or no. assistant yes no"] * 4, trainer)
+    tok.train_from_iterator(["user Is there a red square in the image? Answer yes or no. assistant yes no"] * 4,
+                            trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                         extra_special_tokens={"image_token": "<|image_pad|>",
                                                               "video_token": "<|video_pad|>"})
@@ -211,8 +212,9 @@ def test_entry_point_resolves_every_model():
 @pytest.mark.parametrize("force_simple", [False, True])
 def test_simple_evaluate_end_to_end_runs_restore(checkpoint, tasks, model_id, force_simple):
     cls = get_model(model_id, force_simple=force_simple)
-    lm = cls.create_from_arg_string(f"pretrained={checkpoint},device_map=cpu,num_tokens=16,base=divprune,keep_ratio=0.5",
-                                    {"batch_size": 1, "device": "cpu"})
+    lm = cls.create_from_arg_string(
+        f"pretrained={checkpoint},device_map=cpu,num_tokens=16,base=divprune,keep_ratio=0.5",
+        {"batch_size": 1, "device": "cpu"})
     assert is_restore_applied(lm.model) and lm.restore_settings == dict(num_tokens=16, base="divprune", keep_ratio=0.5)
     seen, handle = prefill_lengths(lm)
     try:
@@ -268,14 +270,15 @@ def test_generate_error_fails_the_run_instead_of_empty_answers(checkpoint, tasks
 def test_model_args_are_checked(checkpoint):
     cls = get_model("restore_llava_hf")
     with pytest.raises(ValueError, match="give num_tokens or ratio, not both"):
-        cls.create_from_arg_string(f"pretrained={checkpoint},device_map=cpu,num_tokens=16,ratio=0.25", {"device": "cpu"})
+        cls.create_from_arg_string(f"pretrained={checkpoint},device_map=cpu,num_tokens=16,ratio=0.25",
+                                   {"device": "cpu"})
     with pytest.raises(ValueError, match="keep_ratio must lie in"):
         cls.create_from_arg_string(f"pretrained={checkpoint},device_map=cpu,keep_ratio=1.5", {"device": "cpu"})
     if "ratio" not in inspect.signature(apply_restore).parameters:  # until the dynamic-resolution budget lands
         with pytest.raises(ValueError, match=r"does not take \['ratio'\]"):
             cls.create_from_arg_string(f"pretrained={checkpoint},device_map=cpu,ratio=0.25", {"device": "cpu"})
-    lm = cls.create_from_arg_string(f"pretrained={checkpoint},device_map=cpu,num_tokens=8,keep_ratio=1.0,calibrate=False",
-                                    {"device": "cpu"})  # the base method alone, as eval_paper.sh runs it
+    lm = cls.create_from_arg_string(  # the base method alone, as eval_paper.sh runs it
+        f"pretrained={checkpoint},device_map=cpu,num_tokens=8,keep_ratio=1.0,calibrate=False", {"device": "cpu"})
     assert lm.restore_settings == dict(num_tokens=8, keep_ratio=1.0, calibrate=False)
 
 
@@ -290,7 +293,8 @@ def test_eval_paper_script_end_to_end(checkpoint, tmp_path_factory):
     local_task(task_dir, count=2)
     out = tmp_path_factory.mktemp("cli_out")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, TASKS=TASK, BUDGETS="16", MODEL_ARGS="device_map=cpu", LAUNCH=f"{sys.executable} -m lmms_eval",
+    env = dict(os.environ, TASKS=TASK, BUDGETS="16", MODEL_ARGS="device_map=cpu",
+               LAUNCH=f"{sys.executable} -m lmms_eval",
                EXTRA_ARGS=f"--include_path {task_dir} --device cpu",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     proc = subprocess.run(["bash", os.path.join(root, "scripts", "eval_paper.sh"), checkpoint, str(out)], env=env,
