@@ -292,14 +292,17 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     size = "full" if scale == 1.0 else f"s{scale:g}"
     stem = os.path.join(args.out, f"e2e-llava15-{'cuda' if cuda else 'cpu'}-{size}-{stamp}")
+    load = os.getloadavg()[1]  # 5-minute load average: other work on the machine inflates every time
     meta = dict(model="LLaVA-1.5-7B shapes", scale=scale, parameters=params, dtype=str(dtype),
                 device=device_name(args.device), torch=torch.__version__, date=stamp, repeats=args.repeats,
-                decode_tokens=args.decode_tokens, prompt=[SYSTEM, 576, QUESTION])
+                decode_tokens=args.decode_tokens, prompt=[SYSTEM, 576, QUESTION], load_average_5min=load)
     with open(stem + ".json", "w") as f:
         json.dump(dict(meta, rows=rows), f, indent=1)
     title = (f"LLaVA-1.5-7B shapes, {scale_txt}, random weights, {dtype} — {meta['device']}, "
-             f"torch {torch.__version__}, {stamp}")
+             f"torch {torch.__version__}, {stamp}, load average {load:.1f}")
     png = plot(rows, title, stem + ".png")
+    print(f"machine load average (5 min) {load:.1f} on {os.cpu_count()} cores" +
+          (": other work shared the CPU, times are inflated and noisy" if load > 0.5 * os.cpu_count() + 1 else ""))
     print(f"wrote {stem}.json" + (f" and {png}" if png else ""))
 
 
