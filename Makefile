@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
 MAX_JOBS ?= $(shell nproc)
-DEPS := torch==$(TORCH_VERSION) matplotlib ninja numpy pybind11 pytest pytest-benchmark "setuptools>=77" wheel "transformers>=5,<6"
+DEPS := torch==$(TORCH_VERSION) hypothesis matplotlib ninja numpy pybind11 pytest pytest-benchmark "setuptools>=77" wheel "transformers>=5,<6"
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h') setup.py
 
 .PHONY: test test-eval bench bench-e2e demo build wheel wheel-test clean

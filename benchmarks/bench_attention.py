@@ -5,23 +5,19 @@ calibration bias materialised as a float mask the way the authors build it (cons
 time), and FlexAttention with a score_mod reading log_size, positions and the table (torch.compile'd, as
 users run it).
 """
-import math
-
 import torch
 import torch.nn.functional as F
 
 import restore_ext
 from restore_ext import reference as ref
+from restore_ext.attention_bias import dense_attention_bias
 
 from common import Case
 
 
-def _authors_mask(log_size, q_pos, k_pos, table, lq, lk, dtype):
-    """(B, 1, Lq, Lk) additive mask: log(size) + table[pos_q - pos_k] + causal -inf."""
-    dist = (q_pos[:, :, None] - k_pos[:, None, :]).clamp(0, table.shape[0] - 1)
-    mask = table[dist] + log_size[:, None, :]
-    causal = torch.ones(lq, lk, dtype=torch.bool, device=mask.device).tril(lk - lq)
-    return mask.masked_fill(~causal, -math.inf)[:, None].to(dtype)
+def _authors_mask(log_size, q_pos, k_pos, table, dtype):
+    """(B, 1, Lq, Lk) additive mask, built (and timed) each call: log(size) + table[pos_q - pos_k] + causal -inf."""
+    return dense_attention_bias(log_size, q_pos, k_pos, table, causal=True).to(dtype)
 
 
 def _flex_peer(q, k, v, log_size, q_pos, k_pos, table):
@@ -90,7 +86,7 @@ def attention_cases(quick, device):
             # SDPA's is_causal aligns to the top left; with Lq = 1 the end-aligned causal mask is no mask at all.
             "sdpa_nobias": lambda qt=qt, kt=kt, vt=vt, gqa=gqa, causal=lq > 1: F.scaled_dot_product_attention(
                 qt, kt, vt, is_causal=causal, enable_gqa=gqa),
-            "sdpa_mask": lambda qt=qt, kt=kt, vt=vt, gqa=gqa, a=(log_size, q_pos, k_pos, table, lq, lk, dtype):
+            "sdpa_mask": lambda qt=qt, kt=kt, vt=vt, gqa=gqa, a=(log_size, q_pos, k_pos, table, dtype):
                 F.scaled_dot_product_attention(qt, kt, vt, attn_mask=_authors_mask(*a), enable_gqa=gqa),
         }
         flash = _flash_peer(qt, kt, vt, causal=lq > 1)

@@ -85,7 +85,7 @@ def authors_divprune(x, k):
 
 
 def authors_restore_reduce(features, retained, num_out):
-    """restore_reduce's composite (SPEC §3) with the authors' N x N anchor merge in place of the op."""
+    """restore_reduce's composite (docs/ops.md §3) with the authors' N x N anchor merge in place of the op."""
     b, n, d = features.shape
     r = retained.shape[1]
     is_rest = torch.ones(b, n, dtype=torch.bool, device=features.device)

@@ -1,7 +1,11 @@
 """restore_ext: RESTORE visual token reduction for multimodal LLMs as PyTorch ops.
 
 Importing the package registers ``torch.ops.restore.*`` (CPU kernels always, CUDA kernels when built with
-CUDA). The contract of every op is SPEC.md; :mod:`restore_ext.reference` is its executable float64 form.
+CUDA). The contract of every op is docs/ops.md; :mod:`restore_ext.reference` is its executable float64 form.
+
+Modules: ``ops`` (the compiled ops' typed wrappers), ``selectors`` (base methods: which tokens to keep),
+``reduction`` (``restore_reduce``, ``reduce``), ``attention_bias`` (the RoPE distance table and the dense bias),
+``reference`` (float64 references), ``validation`` (the argument checks they share), ``integrations``.
 """
 import torch
 
@@ -11,9 +15,9 @@ load_library()
 
 from . import ops  # noqa: E402  (registers the fake kernels)
 from .ops import anchor_merge, calibrated_attention, divprune_indices, topk_indices  # noqa: E402
-from .reduction import Reduced, default_inv_freq, distance_bias_table, restore_reduce  # noqa: E402
-from .select import BASE_SELECTORS, select  # noqa: E402
-from .reduce_api import reduce  # noqa: E402
+from .attention_bias import default_inv_freq, distance_bias_table  # noqa: E402
+from .selectors import BASE_SELECTORS, select  # noqa: E402
+from .reduction import Reduced, reduce, restore_reduce  # noqa: E402
 
 from .version import __version__  # noqa: E402
 

@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from restore_ext.attention_bias import dense_attention_bias
+
 try:
     from tqdm.auto import tqdm
 except ImportError:  # tqdm comes with transformers; a minimal stand-in otherwise
@@ -120,15 +122,11 @@ class _Layer0Attention:
         logit = module.scaling * q.float() @ k.float().transpose(-1, -2)
         state = kwargs.get("restore_state")
         visual = self.visual
+        bias_args = (None, None, None, None)
         if state is not None:
-            log_size, q_pos, k_pos, table = state.attention_bias_args(0)
-            logit = logit + log_size[:, None, None, :]
-            if table is not None:
-                d = (q_pos[:, :, None] - k_pos[:, None, :]).clamp(0, table.shape[0] - 1)
-                logit = logit + table[d][:, None]
+            bias_args = state.attention_bias_args(0)  # (log_size, q_pos, k_pos, table)
             visual = state.visual
-        causal = torch.ones(n, n, dtype=torch.bool, device=h.device).tril()
-        prob = logit.masked_fill(~causal, float("-inf")).softmax(-1)
+        prob = dense_attention_bias(*bias_args, causal=True, scores=logit).softmax(-1)
         last_visual = int(visual[0].nonzero().max())
         # Share of attention on visual keys, for the text queries after the image, averaged over heads and queries.
         self.share = float(prob[:, :, last_visual + 1:, :][..., visual[0]].sum(-1).mean())

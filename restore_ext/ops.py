@@ -1,12 +1,16 @@
 """Typed, documented entry points of the compiled ops, and their fake kernels for torch.compile.
 
-Every function here calls ``torch.ops.restore.<op>``; SPEC.md is the contract and
-:mod:`restore_ext.reference` the float64 reference each one is tested against.
+Every function here calls ``torch.ops.restore.<op>``; docs/ops.md is the contract and
+:mod:`restore_ext.reference` the float64 reference each one is tested against. The wrappers check only what
+the dispatcher cannot carry (an int argument outside int64, or not an integer at all, see
+:func:`restore_ext.validation.check_op_int`); the ops check everything else themselves.
 """
 from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
+
+from .validation import check_op_int
 
 
 class AnchorMerge(NamedTuple):
@@ -16,12 +20,18 @@ class AnchorMerge(NamedTuple):
     anchors: Tensor  # (B, K) int64: anchor token indices, ascending
 
 
+def _n_of(t, rank: int) -> str:
+    """The " = N" of an error message, when ``t`` has the rank that tells N (else the op's own check speaks)."""
+    return f" = {t.shape[1]}" if isinstance(t, Tensor) and t.dim() == rank else ""
+
+
 def topk_indices(scores: Tensor, k: int) -> Tensor:
-    """Indices of the ``k`` highest ``scores`` per row, in ascending index order (SPEC §1).
+    """Indices of the ``k`` highest ``scores`` per row, in ascending index order (docs/ops.md §1).
 
     ``scores`` (B, N) float16/bfloat16/float32, ``1 <= k <= N``. Ties go to the lower index; NaN ranks
     below every number. Returns (B, k) int64.
     """
+    check_op_int("topk_indices", "k", k, lambda: f"1 <= k <= N{_n_of(scores, 2)}")
     return torch.ops.restore.topk_indices.default(scores, k)
 
 
@@ -32,17 +42,19 @@ def divprune_indices(x: Tensor, k: int) -> Tensor:
     ``1 - cos(x_i, x_j)``: first the token whose nearest other token is farthest, then repeatedly the token
     farthest from the chosen set; ties go to the lower index. ``x`` float16/bfloat16/float32,
     ``1 <= k <= N``. Returns (B, k) int64. Memory O(N * D) per row (no N x N matrix). Contract:
-    :func:`restore_ext.reference.divprune_indices`.
+    docs/ops.md §1b; reference :func:`restore_ext.reference.divprune_indices`.
     """
+    check_op_int("divprune_indices", "k", k, lambda: f"1 <= k <= N{_n_of(x, 3)}")
     return torch.ops.restore.divprune_indices.default(x, k)
 
 
 def anchor_merge(x: Tensor, num_anchors: int, rule: str = "reference") -> AnchorMerge:
-    """Distinctive anchor merging of each row of ``x`` (B, N, D) into ``num_anchors`` tokens (SPEC §2).
+    """Distinctive anchor merging of each row of ``x`` (B, N, D) into ``num_anchors`` tokens (docs/ops.md §2).
 
     ``rule="reference"`` reproduces the authors' released code, ``"dpc"`` is textbook density-peak
     clustering. Returns ``AnchorMerge(merged, size, assign, anchors)``.
     """
+    check_op_int("anchor_merge", "num_anchors", num_anchors, lambda: f"1 <= K <= N{_n_of(x, 3)}")
     return AnchorMerge(*torch.ops.restore.anchor_merge.default(x, num_anchors, rule))
 
 
@@ -57,7 +69,7 @@ def calibrated_attention(
     causal: bool = True,
     scale: Optional[float] = None,
 ) -> Tensor:
-    """Attention with RESTORE's calibration bias, fused (SPEC §5).
+    """Attention with RESTORE's calibration bias, fused (docs/ops.md §5).
 
     ``q`` (B, Lq, H, Dh), ``k``/``v`` (B, Lk, Hkv, Dh), one dtype of float16/bfloat16/float32, last dim
     contiguous. ``logit = scale * q.k + log_size[b, j] + table[clamp(q_pos - k_pos, 0, T-1)]``; ``log_size``

@@ -1,8 +1,10 @@
-"""The executable form of SPEC.md: float64 pure-PyTorch references of every op.
+"""The executable form of docs/ops.md: float64 pure-PyTorch references of every op.
 
 Plain, obviously-correct formulations (full N x N and Lq x Lk matrices) that the kernels are tested
 against. Floating outputs stay float64 so tests can measure a kernel's error against exact math.
-Not for production use.
+Each function has the name of the function it is the contract of. Not for production use. Imports only torch
+and restore_ext's pure-PyTorch modules (the dense attention bias), never the compiled extension, so it also
+checks a library built without the Python package (tests/test_cmake_build.py).
 """
 import math
 from typing import NamedTuple, Optional
@@ -10,9 +12,11 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from .attention_bias import dense_attention_bias
+
 
 def topk_indices(scores: Tensor, k: int) -> Tensor:
-    """SPEC §1. Highest first, ties to the lower index, NaN below -inf; returned in ascending index order."""
+    """docs/ops.md §1. Highest first, ties to the lower index, NaN below -inf; returned in ascending index order."""
     s = scores.double()
     nan = torch.isnan(s)
     s = torch.where(nan, torch.full_like(s, -math.inf), s)
@@ -73,13 +77,15 @@ def divprune_order(x: Tensor, k: int):
 
 
 def divprune_indices(x: Tensor, k: int) -> Tensor:
-    """The contract of ``torch.ops.restore.divprune_indices``: DivPrune's k picks, in ascending index order."""
+    """docs/ops.md §1b, the contract of ``divprune_indices``: DivPrune's k picks, in ascending index order."""
     return divprune_order(x, k)[0].sort(dim=1).values
 
 
-def uniform_indices(n: int, k: int) -> list:
-    """The "uniform" base selector in plain integers: the centre of each of k equal bins of [0, n)."""
-    return [((2 * i + 1) * n) // (2 * k) for i in range(k)]
+def uniform_indices(n: int, k: int) -> Tensor:
+    """docs/ops.md §3b, the "uniform" base selector: the centre of each of k equal bins of [0, n), (k,) int64.
+
+    Computed in exact Python integers (no tensor arithmetic that could overflow or round)."""
+    return torch.tensor([((2 * i + 1) * n) // (2 * k) for i in range(k)], dtype=torch.long)
 
 
 def _f32(t: Tensor) -> Tensor:
@@ -94,10 +100,10 @@ class AnchorMergeRef(NamedTuple):
 
 
 def anchor_scores(x: Tensor, rule: str = "reference"):
-    """SPEC §2 steps 1-5 for x (B, N, D): returns (sim, density, nearest, score).
+    """docs/ops.md §2 steps 1-5 for x (B, N, D): returns (sim, density, nearest, score).
 
-    Computed in float64; density, nearest and score are then rounded to float32 (the precision SPEC asks
-    for at least) before any decision, so that values equal in exact arithmetic (N = 2, mirrored tokens)
+    Computed in float64; density, nearest and score are then rounded to float32 (the precision docs/ops.md
+    asks for at least) before any decision, so that values equal in exact arithmetic (N = 2, mirrored tokens)
     compare equal on every device instead of being ordered by rounding noise.
     """
     if rule not in ("reference", "dpc"):
@@ -115,7 +121,7 @@ def anchor_scores(x: Tensor, rule: str = "reference"):
 
 
 def anchor_merge(x: Tensor, num_anchors: int, rule: str = "reference") -> AnchorMergeRef:
-    """SPEC §2: distinctive anchors, token -> most similar anchor, plain mean per slot."""
+    """docs/ops.md §2: distinctive anchors, token -> most similar anchor, plain mean per slot."""
     b, n, d = x.shape
     sim, _, _, score = anchor_scores(x, rule)
     anchors = topk_indices(score, num_anchors)
@@ -140,7 +146,7 @@ class ReducedRef(NamedTuple):
 
 
 def restore_reduce(features: Tensor, retained: Tensor, num_out: int, rule: str = "reference") -> ReducedRef:
-    """SPEC §3, one batch row at a time, in the most literal form."""
+    """docs/ops.md §3, one batch row at a time, in the most literal form."""
     b, n, d = features.shape
     outs = []
     for row in range(b):
@@ -168,7 +174,7 @@ def restore_reduce(features: Tensor, retained: Tensor, num_out: int, rule: str =
 
 
 def distance_bias_table(max_distance: int, inv_freq: Tensor) -> Tensor:
-    """SPEC §4: table[d] = log(2 - mean_i cos(d * inv_freq[i])), computed in float64, returned float32."""
+    """docs/ops.md §4: table[d] = log(2 - mean_i cos(d * inv_freq[i])), computed in float64, returned float32."""
     dist = torch.arange(max_distance, dtype=torch.float64)
     decay = torch.cos(dist[:, None] * inv_freq.double().cpu()[None, :]).mean(-1)
     return torch.log(2 - decay).float()
@@ -185,23 +191,13 @@ def calibrated_attention(
     causal: bool = True,
     scale: Optional[float] = None,
 ) -> Tensor:
-    """SPEC §5 with the full (B, H, Lq, Lk) logit matrix in float64."""
-    b, lq, h, dh = q.shape
-    lk, hkv = k.shape[1], k.shape[2]
+    """docs/ops.md §5 with the full (B, H, Lq, Lk) logit matrix in float64 (the bias: dense_attention_bias)."""
+    h, dh, hkv = q.shape[2], q.shape[3], k.shape[2]
     scale = 1.0 / math.sqrt(dh) if scale is None else scale
     qd = q.double().transpose(1, 2)  # (B, H, Lq, Dh)
     kd = k.double().transpose(1, 2).repeat_interleave(h // hkv, dim=1)
     vd = v.double().transpose(1, 2).repeat_interleave(h // hkv, dim=1)
-    logit = scale * qd @ kd.transpose(-1, -2)
-    if log_size is not None:
-        logit = logit + log_size.double()[:, None, None, :]
-    if table is not None:
-        dist = (q_pos.long()[:, :, None] - k_pos.long()[:, None, :]).clamp(0, table.shape[0] - 1)
-        logit = logit + table.double()[dist][:, None]
-    if causal:
-        i = torch.arange(lq, device=q.device)[:, None]
-        j = torch.arange(lk, device=q.device)[None, :]
-        logit = logit.masked_fill(j > i + lk - lq, -math.inf)
+    logit = dense_attention_bias(log_size, q_pos, k_pos, table, causal, scores=scale * qd @ kd.transpose(-1, -2))
     row_max = logit.amax(-1, keepdim=True)
     seen = torch.isfinite(row_max)
     weight = torch.exp(logit - torch.where(seen, row_max, torch.zeros_like(row_max)))

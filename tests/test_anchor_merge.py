@@ -1,4 +1,4 @@
-"""anchor_merge (SPEC §2) against the float64 reference.
+"""anchor_merge (docs/ops.md §2) against the float64 reference.
 
 Anchors and assignments are discrete choices; a float32 kernel agrees with float64 math on them exactly
 whenever the decision margins exceed float32 rounding. Random inputs are therefore drawn until their
@@ -9,39 +9,9 @@ import torch
 
 import restore_ext
 from restore_ext import reference as ref
-from conftest import DEVICES, DTYPES
+from conftest import DEVICES, DTYPES, decisions_well_separated
 
 RTOL = {torch.float32: 1.3e-6, torch.float16: 1e-3, torch.bfloat16: 1.6e-2}
-
-
-def _sorted_gaps(v):
-    s = v.sort(dim=-1).values
-    return (s[..., 1:] - s[..., :-1]).abs()
-
-
-def decisions_well_separated(x, k, rule, rel_margin=2e-6, sim_margin=1e-5):
-    """True when no better-relation, anchor choice or assignment is within float32 rounding of flipping
-    (relative `rel_margin` of the density scale, absolute `sim_margin` for similarities). Exact ties
-    (gap 0) are fine: both sides resolve them by index."""
-    sim, density, _, score = ref.anchor_scores(x, rule)
-    n = x.shape[1]
-    scale = density.abs().amax(-1, keepdim=True).clamp_min(1)
-    d_gaps = _sorted_gaps(density) / scale
-    if n > 1 and ((d_gaps > 0) & (d_gaps < rel_margin)).any():
-        return False
-    if k < n:
-        top = score.sort(dim=-1, descending=True).values
-        gap = (top[:, k - 1] - top[:, k]).abs() / scale[:, 0]
-        if ((gap > 0) & (gap < rel_margin)).any():
-            return False
-    anchors = ref.topk_indices(score, k)
-    to_anchor = sim.gather(2, anchors[:, None, :].expand(-1, n, k))
-    if k > 1:
-        best2 = to_anchor.topk(2, dim=-1).values
-        gap = best2[..., 0] - best2[..., 1]
-        if ((gap > 0) & (gap < sim_margin)).any():
-            return False
-    return True
 
 
 def well_separated_input(b, n, d, k, rule, dtype, device, clustered):

@@ -1,4 +1,4 @@
-"""calibrated_attention (SPEC §5) against the float64 reference, with FlashAttention's tolerance rule."""
+"""calibrated_attention (docs/ops.md §5) against the float64 reference, with FlashAttention's tolerance rule."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""calibrated_attention on CUDA (SPEC §5) against the float64 reference, with FlashAttention's tolerance rule.
+"""calibrated_attention on CUDA (docs/ops.md §5) against the float64 reference, with FlashAttention's tolerance rule.
 
 Covers each CUDA path: the tensor-core kernel (float16/bfloat16, head dims 64/96/128/256), its flash-decoding
 splits (Lq <= 16) and their combine, and the SIMT kernel (float32, other head dims). Skipped without a GPU.

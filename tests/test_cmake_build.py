@@ -36,10 +36,14 @@ def test_cmake_library_builds_and_runs(tmp_path):
     lib = tmp_path / "librestore_ops.so"
     assert lib.exists()
     result = run_isolated(f"""
-        import importlib.util, torch
+        import importlib, sys, types, torch
         torch.ops.load_library({str(lib)!r})
-        spec = importlib.util.spec_from_file_location("ref", {os.path.join(ROOT, "restore_ext", "reference.py")!r})
-        ref = importlib.util.module_from_spec(spec); spec.loader.exec_module(ref)
+        # The float64 reference and the pure-PyTorch modules it imports, without the package's __init__ (which
+        # would load the Python extension): a package object that only knows where the modules are.
+        pkg = types.ModuleType("restore_ext_pure"); pkg.__path__ = [{os.path.join(ROOT, "restore_ext")!r}]
+        sys.modules["restore_ext_pure"] = pkg
+        ref = importlib.import_module("restore_ext_pure.reference")
+        assert "restore_ext._C" not in sys.modules and "restore_ext" not in sys.modules
         s = torch.randn(3, 50)
         assert torch.equal(torch.ops.restore.topk_indices(s, 7), ref.topk_indices(s, 7))
         q, k = torch.randn(1, 9, 4, 16), torch.randn(1, 12, 2, 16)

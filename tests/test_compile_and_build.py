@@ -22,6 +22,21 @@ def test_compile_fullgraph_cpu():
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_fullgraph_through_the_python_wrappers(dynamic):
+    """The typed wrappers (and their int-argument checks) trace into one graph too, with k static or symbolic."""
+
+    def step(scores, x, k):
+        keep = restore_ext.topk_indices(scores, k)
+        merged = restore_ext.anchor_merge(x, k)
+        return keep, merged.merged, merged.size, restore_ext.divprune_indices(x, k)
+
+    args = (torch.randn(2, 12), torch.randn(2, 12, 8), 4)
+    compiled = torch.compile(step, fullgraph=True, dynamic=dynamic)
+    for got, want in zip(compiled(*args), step(*args)):
+        torch.testing.assert_close(got, want)
+
+
 def test_every_op_has_a_cpu_kernel():
     for op in ("topk_indices", "anchor_merge", "calibrated_attention"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"restore::{op}", "CPU"), op

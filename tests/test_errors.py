@@ -1,6 +1,7 @@
 """Bad input gets a clear error naming the argument, never a crash, a hang or a silently wrong result."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,6 +66,17 @@ CASES = [
     (lambda: restore_ext.distance_bias_table(0, torch.ones(4)), ValueError, ["max_distance", ">= 1"]),
     (lambda: restore_ext.distance_bias_table(5, torch.ones(2, 2)), ValueError, ["inv_freq", "1-D"]),
     (lambda: restore_ext.distance_bias_table(5, torch.arange(4)), ValueError, ["inv_freq", "floating"]),
+    # An int the dispatcher cannot carry (outside int64) or a non-integer: the op wrapper words the error itself
+    # instead of the dispatcher's "Expected a value of type 'int' ... found type 'int'".
+    (lambda: restore_ext.topk_indices(S, 2**63), RuntimeError, ["topk_indices", "k must satisfy 1 <= k <= N = 10", str(2**63)]),
+    (lambda: restore_ext.topk_indices(S, -(2**63) - 1), RuntimeError, ["topk_indices", "k must satisfy", "int64"]),
+    (lambda: restore_ext.topk_indices(S, 2.5), RuntimeError, ["topk_indices", "k must be an int", "float 2.5"]),
+    (lambda: restore_ext.topk_indices(torch.randn(10), 2**64), RuntimeError, ["topk_indices", "k must satisfy 1 <= k <= N,"]),
+    (lambda: restore_ext.divprune_indices(X, 2**63), RuntimeError, ["divprune_indices", "k must satisfy 1 <= k <= N = 10"]),
+    (lambda: restore_ext.divprune_indices(X, None), RuntimeError, ["divprune_indices", "k must be an int", "NoneType"]),
+    (lambda: restore_ext.anchor_merge(X, 2**63), RuntimeError, ["anchor_merge", "num_anchors must satisfy 1 <= K <= N = 10"]),
+    (lambda: restore_ext.anchor_merge(X, "3"), RuntimeError, ["anchor_merge", "num_anchors must be an int", "str '3'"]),
+    (lambda: restore_ext.distance_bias_table(3.7, torch.ones(4)), ValueError, ["max_distance", "an int >= 1", "3.7"]),
 ]
 
 
@@ -75,6 +87,17 @@ def test_bad_input_message_names_the_argument(case):
         call()
     for w in words:
         assert w in str(info.value), f"message {str(info.value)!r} lacks {w!r}"
+
+
+def test_int_arguments_the_dispatcher_takes_still_pass_through():
+    """The wrappers' own int check refuses only what the dispatcher cannot carry; integer types it takes (numpy
+    ints, 0-d integer tensors, and bool, which it reads as 0 / 1) reach the op unchanged."""
+    want = restore_ext.topk_indices(S, 2)
+    for k in (np.int64(2), torch.tensor(2)):
+        assert torch.equal(restore_ext.topk_indices(S, k), want)
+        assert restore_ext.anchor_merge(X, k).merged.shape == (2, 2, 4)
+        assert restore_ext.divprune_indices(X, k).shape == (2, 2)
+    assert restore_ext.topk_indices(S, True).shape == (2, 1)
 
 
 def test_nastiest_inputs_do_not_crash_the_process():

@@ -1,4 +1,4 @@
-"""topk_indices (SPEC §1) against the float64 reference: exact index equality, since ranking is discrete."""
+"""topk_indices (docs/ops.md §1) against the float64 reference: exact index equality, since ranking is discrete."""
 import math
 
 import pytest

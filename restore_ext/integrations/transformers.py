@@ -46,9 +46,9 @@ from torch import Tensor
 
 import restore_ext
 from restore_ext import ops
-from restore_ext.reduction import Reduced, distance_bias_table, restore_reduce
-from restore_ext.reduce_api import kept_count
-from restore_ext.select import select
+from restore_ext.attention_bias import distance_bias_table
+from restore_ext.reduction import Reduced, kept_count, restore_reduce
+from restore_ext.selectors import select
 
 try:
     import transformers

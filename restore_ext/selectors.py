@@ -1,4 +1,6 @@
-"""Base selectors: which R tokens a base method keeps before RESTORE merges the rest (SPEC §3's `retained`).
+"""Base selectors: which R tokens a base method keeps before RESTORE merges the rest (docs/ops.md §3b).
+
+The kept tokens are :func:`restore_ext.restore_reduce`'s ``retained`` (docs/ops.md §3).
 
 Every selector maps ``features`` (B, N, D) and ``k`` (1 <= k <= N) to (B, k) int64 token indices, distinct
 and in ascending order per row. Registered names (:data:`BASE_SELECTORS`):
@@ -15,13 +17,13 @@ and in ascending order per row. Registered names (:data:`BASE_SELECTORS`):
 ``base`` may also be a callable ``base(features, k) -> Tensor`` (B, k) of integer indices; its output is
 checked (shape, integer dtype, device, range, distinctness) and returned as int64 in ascending order.
 """
-import operator
 from typing import Callable, Dict, Optional, Union
 
 import torch
 from torch import Tensor
 
 from . import ops
+from .validation import as_int, check_features
 
 Selector = Callable[[Tensor, int], Tensor]
 
@@ -72,23 +74,13 @@ def _check_custom_output(name: str, idx, b: int, n: int, k: int, device) -> Tens
     if idx.device != device:
         raise ValueError(f"select: base callable {name} returned indices on {idx.device}, features are on {device}")
     idx = idx.long().sort(dim=1).values
-    if b and k:
+    if b and k and not idx.is_meta:  # meta tensors have shapes only: nothing to read
         lo, hi = int(idx[:, 0].min()), int(idx[:, -1].max())
         if lo < 0 or hi >= n:
             raise ValueError(f"select: base callable {name} returned indices in [{lo}, {hi}], outside [0, N = {n})")
         if k > 1 and bool((idx.diff(dim=1) == 0).any()):
             raise ValueError(f"select: base callable {name} returned repeated indices within a row")
     return idx
-
-
-def _as_int(v) -> Optional[int]:
-    """v as a Python int if it is an integer (int, numpy or 0-d integer tensor; not bool), else None."""
-    if isinstance(v, bool):
-        return None
-    try:
-        return operator.index(v)
-    except TypeError:
-        return None
 
 
 def select(
@@ -100,11 +92,9 @@ def select(
     docstring for each one's exact rule) or a callable ``base(features, k) -> (B, k)`` indices. ``scores``
     (B, N) is needed by ``"cls"`` only. Returns (B, k) int64, distinct and ascending per row.
     """
-    if not isinstance(features, Tensor) or features.dim() != 3:
-        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-        raise ValueError(f"select: features must be 3-D (B, N, D), got {shape}")
+    check_features("select", features)
     b, n = features.shape[0], features.shape[1]
-    given, k = k, _as_int(k)
+    given, k = k, as_int(k)
     if k is None or not 1 <= k <= n:
         raise ValueError(f"select: k must be an int with 1 <= k <= N = {n}, got {given!r}")
     if callable(base):

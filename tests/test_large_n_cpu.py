@@ -1,5 +1,5 @@
-"""Large N on the CPU: divprune_indices and anchor_merge stream the N x N similarity in tiles, so N = 20000
-runs in seconds with memory O(N * D)."""
+"""Large N on the CPU: divprune_indices, anchor_merge and reduce stream the N x N similarity in tiles, so
+N = 20000 runs in seconds with memory O(N * D)."""
 import resource
 import time
 

@@ -1,15 +1,14 @@
-"""CUDA bodies of anchor_merge and divprune_indices against the float64 reference and the CPU kernels, and
-restore_reduce / reduce on CUDA tensors with no host sync. Skipped (with a reason) where no GPU is visible."""
+"""anchor_merge on CUDA (docs/ops.md §2) against the float64 reference and the CPU kernel. Skipped (with a
+reason) where no GPU is visible."""
 import pytest
 import torch
 
 import restore_ext
 from restore_ext import reference
 
-from conftest import DTYPES, HAS_CUDA, run_isolated
-from divprune_check import exact_or_close
+from conftest import CUDA_ONLY, DTYPES, run_isolated
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU visible")]
+pytestmark = CUDA_ONLY
 
 
 def anchor_margin(x, k, rule):
@@ -83,7 +82,6 @@ def test_anchor_merge_cuda_large_n_no_n_by_n():
     assert int(out.size.sum()) == 20000
 
 
-
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("poison", ["nan", "inf"])
 def test_anchor_merge_cuda_nan_or_inf_token_does_not_crash(dtype, poison):
@@ -115,52 +113,13 @@ def test_anchor_merge_cuda_nan_or_inf_token_does_not_crash(dtype, poison):
     """)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
 
-@pytest.mark.parametrize("n,k", [(576, 64), (2880, 192), (20000, 32)])
-def test_divprune_cuda_matches_cpu_and_reference(n, k):
-    x = torch.randn(2, n, 32)
-    got = restore_ext.divprune_indices(x.cuda(), k).cpu()
-    if n <= 2880:
-        exact_or_close(got, x, k)
-    else:
-        # Too big for the float64 replay (N x N doubles). CPU and GPU round differently, so among 20000 random
-        # tokens a near-tie may flip one pick and the rest of the greedy with it; most picks must agree.
-        cpu = restore_ext.divprune_indices(x, k)
-        for row in range(2):
-            common = len(set(got[row].tolist()) & set(cpu[row].tolist()))
-            assert common >= int(0.75 * k), (common, k)
 
-
-def test_divprune_cuda_many_rows():
-    """More rows than fit in one cooperative grid: the batch is split over launches."""
-    x = torch.randn(600, 64, 8)
-    exact_or_close(restore_ext.divprune_indices(x.cuda(), 10).cpu(), x, 10)
-
-
-@pytest.mark.parametrize("base", ["divprune", "uniform", "cls"])
-def test_reduce_on_cuda_without_host_sync(base):
-    x = torch.randn(4, 576, 64, device="cuda")
-    scores = torch.rand(4, 576, device="cuda")
-    restore_ext.reduce(x, 64, base=base, scores=scores)  # warm up (allocator, lazy init)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        out = restore_ext.reduce(x, 64, base=base, scores=scores)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    cpu = restore_ext.reduce(x.cpu(), 64, base=base, scores=scores.cpu())
-    assert torch.equal(out.position.cpu(), cpu.position) and torch.equal(out.source.cpu(), cpu.source)
-    torch.testing.assert_close(out.tokens.cpu(), cpu.tokens, rtol=1e-5, atol=1e-5)
-
-
-def test_cuda_opcheck():
+def test_anchor_merge_cuda_opcheck():
     x = torch.randn(2, 50, 16, device="cuda")
-    torch.library.opcheck(torch.ops.restore.divprune_indices.default, (x, 9))
     torch.library.opcheck(torch.ops.restore.anchor_merge.default, (x, 9, "reference"))
 
 
-def test_cuda_errors_name_arguments():
+def test_anchor_merge_cuda_errors_name_arguments():
     x = torch.randn(2, 10, 4, device="cuda")
     with pytest.raises(RuntimeError, match="anchor_merge: num_anchors must satisfy"):
         restore_ext.anchor_merge(x, 11)
-    with pytest.raises(RuntimeError, match="divprune_indices: k must satisfy"):
-        restore_ext.divprune_indices(x, 0)
