@@ -8,7 +8,7 @@ MAX_JOBS ?= $(shell nproc)
 DEPS := torch==$(TORCH_VERSION) hypothesis matplotlib ninja numpy pybind11 pytest pytest-benchmark "setuptools>=77" wheel "transformers>=5,<6"
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h') setup.py
 
-.PHONY: test bench demo build wheel wheel-test clean
+.PHONY: test test-eval bench bench-e2e demo build wheel wheel-test clean
 
 $(VENV)/.deps-stamp: Makefile
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -26,8 +26,28 @@ build: restore_ext/_build_info.py
 test: build
 	$(PY) -m pytest -q tests
 
+# lmms-eval models (tests/test_lmms_eval.py) in a virtual environment of their own, so lmms-eval's many
+# dependencies stay out of .venv. restore_ext goes in editable around the in-place build of `build`
+# (RESTORE_EXT_PREBUILT=1: same torch, nothing recompiled), with its [eval] extra as a user would install it.
+EVAL_VENV ?= .venv-eval
+EVAL_PY := $(EVAL_VENV)/bin/python
+
+$(EVAL_VENV)/.deps-stamp: Makefile pyproject.toml restore_ext/_build_info.py
+	test -x $(EVAL_PY) || $(PYTHON_SYS) -m venv $(EVAL_VENV)
+	$(EVAL_PY) -m pip install -q --upgrade pip
+	$(EVAL_PY) -m pip install -q torch==$(TORCH_VERSION) "setuptools>=77" wheel
+	RESTORE_EXT_PREBUILT=1 $(EVAL_PY) -m pip install -q --no-build-isolation -e ".[eval,test]"
+	touch $@
+
+test-eval: build $(EVAL_VENV)/.deps-stamp
+	$(EVAL_PY) -m pytest -q -p no:cacheprovider tests/test_lmms_eval.py
+
 bench: build
 	$(PY) benchmarks/run.py --quick
+
+# A whole LLaVA-1.5 model (7B shapes scaled to the CPU): time to first token by stage, decode, peak memory.
+bench-e2e: build
+	$(PY) benchmarks/bench_end_to_end.py
 
 # RESTORE inside a small random-weight LLaVA (576-token image): tokens, prefill time, attention share, KL.
 demo: build
@@ -42,4 +62,4 @@ wheel-test: wheel
 	bash scripts/wheel_smoke.sh
 
 clean:
-	rm -rf build wheelhouse restore_ext/_C*.so restore_ext/_build_info.py *.egg-info
+	rm -rf build wheelhouse restore_ext/_C*.so restore_ext/_build_info.py *.egg-info $(EVAL_VENV)

@@ -6,6 +6,7 @@ Environment:
   MAX_JOBS                 parallel compile jobs (read by torch's ninja build)
   RESTORE_EXT_CPU_ONLY=1   skip the CUDA kernels
   RESTORE_EXT_REQUIRE_CUDA=1  fail instead of building CPU-only when CUDA cannot be built (CI uses it)
+  RESTORE_EXT_PREBUILT=1   package the in-place build (make build) without compiling; same torch only
 """
 import glob
 import os
@@ -72,10 +73,28 @@ def _want_cuda():
     return True, f"CUDA toolkit at {_cuda_home}, torch CUDA {torch.version.cuda}"
 
 
+def _check_prebuilt():
+    """RESTORE_EXT_PREBUILT=1: package the extension already built in place (`make build`) instead of compiling
+    it again, for an editable install into a second virtual environment with the same torch (make test-eval)."""
+    info_path = os.path.join(ROOT, "restore_ext", "_build_info.py")
+    if not glob.glob(os.path.join(ROOT, "restore_ext", "_C*.so")) or not os.path.isfile(info_path):
+        sys.exit("restore_ext: RESTORE_EXT_PREBUILT=1 but restore_ext/ holds no in-place build (run `make build`)")
+    info = {}
+    with open(info_path) as f:
+        exec(f.read(), info)
+    if info["TORCH_VERSION"] != torch.__version__:
+        sys.exit(f"restore_ext: RESTORE_EXT_PREBUILT=1 but the in-place build is for torch {info['TORCH_VERSION']} "
+                 f"and this environment has torch {torch.__version__}; build it here instead")
+
+
+prebuilt = os.environ.get("RESTORE_EXT_PREBUILT") == "1"
+if prebuilt:
+    _check_prebuilt()
 with_cuda, why = _want_cuda()
-if not with_cuda and os.environ.get("RESTORE_EXT_REQUIRE_CUDA") == "1":
+if not prebuilt and not with_cuda and os.environ.get("RESTORE_EXT_REQUIRE_CUDA") == "1":
     sys.exit(f"restore_ext: RESTORE_EXT_REQUIRE_CUDA=1 but the CUDA kernels cannot be built: {why}")
-print(f"restore_ext: building {'CPU + CUDA' if with_cuda else 'CPU-only'} kernels ({why})", file=sys.stderr)
+if not prebuilt:
+    print(f"restore_ext: building {'CPU + CUDA' if with_cuda else 'CPU-only'} kernels ({why})", file=sys.stderr)
 
 if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
     os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
@@ -105,20 +124,21 @@ else:
     )
 
 # What this build was made with, for restore_ext.info and for the torch-mismatch check at import.
-with open(os.path.join(ROOT, "restore_ext", "_build_info.py"), "w") as f:
-    f.write(
-        "# Written by setup.py at build time.\n"
-        f"TORCH_VERSION = {torch.__version__!r}\n"
-        f"WITH_CUDA = {with_cuda!r}\n"
-        f"CUDA_VERSION = {(torch.version.cuda if with_cuda else None)!r}\n"
-        f"CUDA_ARCHS = {cuda_archs!r}\n"
-    )
+if not prebuilt:
+    with open(os.path.join(ROOT, "restore_ext", "_build_info.py"), "w") as f:
+        f.write(
+            "# Written by setup.py at build time.\n"
+            f"TORCH_VERSION = {torch.__version__!r}\n"
+            f"WITH_CUDA = {with_cuda!r}\n"
+            f"CUDA_VERSION = {(torch.version.cuda if with_cuda else None)!r}\n"
+            f"CUDA_ARCHS = {cuda_archs!r}\n"
+        )
 
 setup(
     name="restore_ext",
     # A C++ extension loads only into the torch it was compiled against: pin it (the import check says the same).
     install_requires=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
     packages=find_packages(include=["restore_ext", "restore_ext.*"]),
-    ext_modules=[extension],
+    ext_modules=[] if prebuilt else [extension],
     cmdclass={"build_ext": BuildExtension},
 )

@@ -61,7 +61,12 @@ def _random_model(device, dtype):
     system = torch.randint(100, 4096, (35,), generator=g)
     question = torch.randint(100, 4096, (15,), generator=g)
     ids = torch.cat([system, torch.full((576,), 32), question])[None]
-    pixel_values = torch.randn(1, 3, 336, 336, generator=g)
+    from restore_ext.visualize import CLIP_MEAN, CLIP_STD, sample_image
+
+    # a synthetic scene (flat sky, hills, houses), normalised as LLaVA-1.5's processor does, so the picture of
+    # the reduction shows something a reader can recognise
+    image = torch.from_numpy(sample_image(336)).permute(2, 0, 1)[None].float() / 255
+    pixel_values = (image - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
     inputs = dict(input_ids=ids.to(device), pixel_values=pixel_values.to(device, dtype))
     return model, inputs, None
 
@@ -143,6 +148,7 @@ def main(argv=None):
     ap.add_argument("--question", default="Describe the image in detail.")
     ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3, help="timed prefills per variant (best reported)")
+    ap.add_argument("--picture", default="restore_demo.png", help="PNG of what the reduction did ('' to skip)")
     args = ap.parse_args(argv)
 
     from restore_ext.integrations.transformers import apply_restore, remove_restore
@@ -239,6 +245,13 @@ def main(argv=None):
 
     print(f"  continuation, full model: {show(gen['full model'])}")
     print(f"  continuation, RESTORE:    {show(gen['RESTORE'])}")
+    if args.picture and not hasattr(model.config, "image_grid_pinpoints"):  # LLaVA-NeXT tiles are no one grid
+        from restore_ext.visualize import llava_picture
+
+        mean_std = {} if processor is None else dict(mean=processor.image_processor.image_mean,
+                                                     std=processor.image_processor.image_std)
+        llava_picture(model, inputs["pixel_values"], args.picture, args.num_tokens, **mean_std)
+        print(f"  picture of the reduction (kept / merged per cluster / sizes): {args.picture}")
     return 0
 
 
