@@ -1,4 +1,5 @@
 """Shared test helpers: devices, dtypes, and FlashAttention's tolerance rule."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -9,6 +10,10 @@ import pytest
 import torch
 
 import restore_ext  # noqa: F401  (registers torch.ops.restore.*)
+
+# tests/vllm/ needs vLLM's own virtual environment (`make test-vllm` sets RESTORE_TEST_VLLM=1); the main run never
+# collects it, so it never imports vllm.
+collect_ignore = [] if os.environ.get("RESTORE_TEST_VLLM") == "1" else ["vllm"]
 
 HAS_CUDA = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
