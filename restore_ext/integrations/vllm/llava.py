@@ -26,6 +26,7 @@ from vllm.model_executor.models.llava import (
 )
 from vllm.model_executor.models.vision import get_num_selected_vision_tokens, get_vision_encoder_info
 from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.sequence import IntermediateTensors
 
 from .position_rows import TABLE, encode_rows
 from .settings import RestoreSettings, settings_of
@@ -73,7 +74,10 @@ class RestoreLlavaForConditionalGeneration(LlavaForConditionalGeneration, Suppor
         self.full_tokens = full_image_tokens(self.config)
         self.num_tokens = settings.tokens_for(self.full_tokens)
         settings.kept_and_merged(self.num_tokens)
-        return RestoreRuntime(vllm_config, settings, self.language_model, pos_rows=1)
+        runtime = RestoreRuntime(vllm_config, settings, self.language_model, pos_rows=1)
+        self.make_empty_intermediate_tensors = runtime.make_empty_intermediate_tensors(
+            self.language_model.make_empty_intermediate_tensors)
+        return runtime
 
     def embed_multimodal(self, **kwargs):
         features = super().embed_multimodal(**kwargs)
@@ -115,6 +119,10 @@ class RestoreLlavaForConditionalGeneration(LlavaForConditionalGeneration, Suppor
 
     def forward(self, input_ids: Optional[torch.Tensor], positions: torch.Tensor, intermediate_tensors=None,
                 inputs_embeds: Optional[torch.Tensor] = None, **kwargs):
-        if self.restore is not None:
-            positions = self.restore.begin_step(positions)[:, 0]
-        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds, **kwargs)
+        if self.restore is None:
+            return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds, **kwargs)
+        pos, log_size, log_size_first = self.restore.begin_step(positions, intermediate_tensors)
+        out = super().forward(input_ids, pos[:, 0], intermediate_tensors, inputs_embeds=inputs_embeds, **kwargs)
+        if isinstance(out, IntermediateTensors):  # not the last pipeline stage: pass the step's data on
+            out["restore_pos"], out["restore_log_size"], out["restore_log_size_first"] = pos, log_size, log_size_first
+        return out

@@ -9,6 +9,9 @@ A step's per-token data comes from two places, both vLLM's own:
   (:class:`~.encoder_records.EncoderRecords`); ``embed_input_ids`` receives slices of those cached outputs for the
   step's tokens and turns them into per-token arrays, which ``forward`` consumes right after (the runner calls
   the two back to back on the same worker, once per step).
+
+With pipeline parallelism only the first stage embeds; it sends the step's per-token data to the next stages with
+the hidden states, as extra entries of vLLM's IntermediateTensors (:data:`CARRIED`).
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from .settings import MROPE_SWITCH, RestoreSettings
 
 _WHO = "restore_ext.integrations.vllm"
 SUPPORTED_TEXT_MODELS = ("llama", "mistral", "qwen2")
+# IntermediateTensors entries that carry a step's per-token data from one pipeline stage to the next
+CARRIED = ("restore_pos", "restore_log_size", "restore_log_size_first")
 
 
 def refuse_unsupported(vllm_config) -> None:
@@ -40,9 +45,6 @@ def refuse_unsupported(vllm_config) -> None:
     if vllm_config.speculative_config is not None:
         problems.append("speculative decoding (draft tokens are verified against keys whose RESTORE state the "
                         "drafter does not produce)")
-    if par.pipeline_parallel_size > 1:
-        problems.append("pipeline parallelism (the per-token RESTORE state is made by the first stage's "
-                        "multimodal embedding and is not yet sent to later stages); use tensor_parallel_size")
     if par.decode_context_parallel_size > 1 or par.prefill_context_parallel_size > 1:
         problems.append("context parallelism")
     if vllm_config.kv_transfer_config is not None:
@@ -132,25 +134,44 @@ class RestoreRuntime:
         self.pending = step
 
     # ---- per step ----------------------------------------------------------------------------------------------
-    def begin_step(self, positions: Tensor) -> Tensor:
-        """positions (R, T) rows from the runner -> (T, P) original positions for the language model; writes the
-        step's tokens into the slot state and hands every layer the step's bias."""
+    def begin_step(self, positions: Tensor, intermediate=None) -> tuple[Tensor, Tensor, Tensor]:
+        """positions (R, T) rows from the runner -> (T, P) original positions for the language model and the
+        step's log sizes; writes the step's tokens into the slot state and hands every layer the step's bias.
+        intermediate: what the previous pipeline stage sent (None on the first stage)."""
         rows, flags = decode_rows(positions)
         num_tokens = rows.shape[1]
-        step = self.pending.padded(num_tokens) if self.pending is not None else StepTokens.text(
-            num_tokens, self.pos_rows, rows.device)
+        if intermediate is not None:
+            pos, log_size, log_size_first = (intermediate[k][:num_tokens] for k in CARRIED)
+        else:
+            step = self.pending.padded(num_tokens) if self.pending is not None else StepTokens.text(
+                num_tokens, self.pos_rows, rows.device)
+            pos, log_size, log_size_first = rows[: self.pos_rows].T + step.offset, step.log_size, step.log_size_first
         self.pending = None
-        pos = rows[: self.pos_rows].T + step.offset
+        self._attach(pos, log_size, log_size_first, flags)
+        return pos, log_size, log_size_first
+
+    def make_empty_intermediate_tensors(self, language_model_factory):
+        """Wraps the language model's factory: the receive buffers of a later stage also hold CARRIED."""
+
+        def make(batch_size: int, dtype: torch.dtype, device):
+            it = language_model_factory(batch_size, dtype, device)
+            it["restore_pos"] = torch.zeros(batch_size, self.pos_rows, dtype=torch.int64, device=device)
+            it["restore_log_size"] = torch.zeros(batch_size, dtype=torch.float32, device=device)
+            it["restore_log_size_first"] = torch.zeros(batch_size, dtype=torch.float32, device=device)
+            return it
+
+        return make
+
+    def _attach(self, pos: Tensor, log_size: Tensor, log_size_first: Tensor, flags: Tensor) -> None:
         meta = self._metadata()
         if meta is not None:
-            state = self._slot_state(rows.device)
+            state = self._slot_state(pos.device)
             n = meta.num_actual_tokens
-            state.write(meta.slot_mapping[:n], pos[:n], step.log_size[:n], step.log_size_first[:n])
+            state.write(meta.slot_mapping[:n], pos[:n], log_size[:n], log_size_first[:n])
             q_table = (flags[:n] & TABLE) != 0
             want = bool(q_table.any())
-            table = self.table(int(pos[:n].max()) + 1, rows.device) if want else None
+            table = self.table(int(pos[:n].max()) + 1, pos.device) if want else None
             meta.step = StepBias([group_bias(r, state, pos[:n, 0], q_table, want) for r in meta.rows], table)
-        return pos
 
     def table(self, length: int, device) -> Tensor:
         if self._table is None or self._table.shape[0] < length or self._table.device != torch.device(device):
