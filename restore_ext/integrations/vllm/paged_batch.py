@@ -58,9 +58,10 @@ class PaddedRows:
 def split_and_pad(query_start_loc: Tensor, seq_lens: Tensor, block_table: Tensor, block_size: int,
                   num_tokens: int) -> list[PaddedRows]:
     """The batch's requests as at most two padded batches: single-query rows and multi-query rows."""
-    qsl = query_start_loc.long()
+    dev = block_table.device
+    qsl = query_start_loc.to(dev).long()
     q_lens = qsl[1:] - qsl[:-1]
-    seq = seq_lens.long().to(qsl.device)
+    seq = seq_lens.to(dev).long()
     groups = []
     for rows in ((q_lens == 1).nonzero().flatten(), (q_lens > 1).nonzero().flatten()):
         if rows.numel() == 0:
