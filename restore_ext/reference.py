@@ -191,7 +191,8 @@ def calibrated_attention(
     causal: bool = True,
     scale: Optional[float] = None,
 ) -> Tensor:
-    """docs/ops.md §5 with the full (B, H, Lq, Lk) logit matrix in float64 (the bias: dense_attention_bias)."""
+    """docs/ops.md §5 with the full (B, H, Lq, Lk) logit matrix in float64 (the bias: dense_attention_bias); 1-D
+    positions with a (T,) table, or multi-axis positions (B, L, S) with an (S, T) table of decay shares (§5b)."""
     h, dh, hkv = q.shape[2], q.shape[3], k.shape[2]
     scale = 1.0 / math.sqrt(dh) if scale is None else scale
     qd = q.double().transpose(1, 2)  # (B, H, Lq, Dh)
@@ -204,3 +205,33 @@ def calibrated_attention(
     total = weight.sum(-1, keepdim=True)
     prob = torch.where(total > 0, weight / total.clamp_min(1e-300), torch.zeros_like(weight))
     return (prob @ vd).transpose(1, 2).contiguous()
+
+
+def mrope_axis_of_freq(mrope_section, num_freqs: int, interleaved: bool) -> list:
+    """docs/ops.md §4b's axis rule in plain integers: Qwen2.5-VL contiguous chunks (t then h then w), Qwen3-VL
+    interleaved (j % 3 == 1 and j < 3*section[1] -> h, j % 3 == 2 and j < 3*section[2] -> w, else t)."""
+    if not interleaved:
+        return [axis for axis, count in enumerate(mrope_section) for _ in range(count)]
+    axes = []
+    for j in range(num_freqs):
+        if j % 3 == 1 and j < 3 * mrope_section[1]:
+            axes.append(1)
+        elif j % 3 == 2 and j < 3 * mrope_section[2]:
+            axes.append(2)
+        else:
+            axes.append(0)
+    return axes
+
+
+def rope_decay_tables(max_distance: int, inv_freq: Tensor, axis_of_freq) -> Tensor:
+    """docs/ops.md §4b, term by term in float64: decay[s, d] = (1/F) * sum over the frequencies of axis s of
+    cos(d * inv_freq[i]). Returned in float64 (the op rounds to float32)."""
+    f = inv_freq.shape[0]
+    freqs = [float(x) for x in inv_freq.double().cpu()]
+    axes = [int(a) for a in axis_of_freq]
+    out = torch.zeros(3, max_distance, dtype=torch.float64)
+    for d in range(max_distance):
+        for i in range(f):
+            out[axes[i], d] += math.cos(d * freqs[i]) / f
+    return out
+
