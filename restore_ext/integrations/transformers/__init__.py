@@ -34,9 +34,11 @@ with. ``output_attentions=True`` raises (the fused attention forms no weights). 
 
 Supported: transformers >= 5.0, < 6 (the integration tests pass on 5.0.0, 5.12.1 and 5.24.0);
 ``LlavaForConditionalGeneration`` and ``LlavaNextForConditionalGeneration`` whose language model is Llama, Mistral
-or Qwen2 with full (non-sliding) attention and static RoPE (default / linear / llama3 / yarn); dynamic caches;
-greedy decoding and sampling. Outputs (logits, hidden states) are those of the *shortened* sequence: its last
-position is still the prompt's last token.
+or Qwen2 with full (non-sliding) attention and static RoPE (default / linear / llama3 / yarn);
+``Qwen2_5_VLForConditionalGeneration`` and ``Qwen3VLForConditionalGeneration`` (images and videos, M-RoPE, Qwen3-VL's
+DeepStack; see ``adapters/qwen_vl.py``; tested on 5.12.1 and 5.24.0, refused on 5.0 whose Qwen code numbers
+prompts differently); dynamic caches; greedy decoding and sampling. Outputs (logits, hidden states) are those of
+the *shortened* sequence: its last position is still the prompt's last token.
 """
 try:
     import transformers

@@ -42,12 +42,13 @@ def apply_restore(
     *,
     ratio: Optional[float] = None,
 ):
-    """Make ``model(...)`` and ``model.generate(...)`` of a transformers LLaVA model run RESTORE.
+    """Make ``model(...)`` and ``model.generate(...)`` of a transformers LLaVA, LLaVA-NeXT, Qwen2.5-VL or Qwen3-VL
+    model run RESTORE.
 
-    num_tokens: visual tokens per image after reduction (an image with fewer keeps all of them); an int or a 0-d
-        integer tensor; 64 unless ``ratio`` is given.
-    ratio: instead of num_tokens, a budget per image for dynamic resolution: ``round(ratio * N)`` of its N tokens
-        (rounded half up, at least 2), ratio in (0, 1].
+    num_tokens: visual tokens per image (Qwen: and per video) after reduction (an item with fewer keeps all of them);
+        an int or a 0-d integer tensor; 64 unless ``ratio`` is given.
+    ratio: instead of num_tokens, a budget per image or video for dynamic resolution: ``round(ratio * N)`` of its N
+        tokens (rounded half up, at least 2), ratio in (0, 1].
     base: the base method that picks the ``round(num_tokens * keep_ratio)`` retained tokens: "divprune",
         "uniform", or a callable(features (M, N, D), k) -> (M, k) indices (see restore_ext.select).
     keep_ratio: retained share of ``num_tokens``, a number in [0, 1]; the rest are merged anchors. 1.0 = pruning

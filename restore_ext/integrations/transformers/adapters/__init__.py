@@ -35,8 +35,10 @@ A new family is one new module here plus one line in ``ADAPTERS``; the core does
 from __future__ import annotations
 
 from .llava import LlavaAdapter
+from .qwen2_5_vl import Qwen2_5_VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 
-ADAPTERS = (LlavaAdapter(),)
+ADAPTERS = (LlavaAdapter(), Qwen2_5_VLAdapter(), Qwen3VLAdapter())
 
 
 def supported_classes() -> list:
