@@ -204,3 +204,62 @@ def calibrated_attention(
     total = weight.sum(-1, keepdim=True)
     prob = torch.where(total > 0, weight / total.clamp_min(1e-300), torch.zeros_like(weight))
     return (prob @ vd).transpose(1, 2).contiguous()
+
+
+def _descending(values: Tensor) -> list:
+    """Positions of ``values`` (1-D) from highest to lowest; equal values keep their order (lower first)."""
+    return sorted(range(values.numel()), key=lambda i: (-float(values[i]), i))
+
+
+class VisPrunerRef(NamedTuple):
+    indices: Tensor  # (B, k) int64, ascending
+    margin: Tensor  # (B,) float64: the smallest gap between two similarities whose order decided something
+
+
+def vispruner_selection(features: Tensor, k: int, cls_attention: Tensor) -> VisPrunerRef:
+    """VisPruner as the RESTORE authors' ``encode_images`` runs it, one row and one round at a time, in float64.
+
+    Important tokens: the ``int(k * 0.5)`` highest ``cls_attention``. Residual tokens, in descending attention
+    order, go through rounds of matching until ``k - int(k * 0.5)`` remain: A = even positions, B = odd
+    positions, each A token's score is its highest cosine similarity to a B token (a fresh A x B matmul, as the
+    authors do it), the ``min(8, excess)`` highest-scoring A tokens are dropped and the next order is the kept A
+    tokens by descending score, then B (a round with fewer than ``min(8, excess)`` A tokens drops all of them).
+    Two rules where the authors' code leaves it open: every sort is stable (equal values keep the lower position
+    first; their argsort is unstable), and where their batch indexing raises (an odd residual count, or fewer A
+    tokens than the round wants to drop) the kept tokens are those their slicing ``[:, r:]`` keeps. A zero
+    feature has cosine 0 to everything (theirs gives NaN).
+
+    ``margin`` is, over all rounds, the smallest nonzero gap between adjacent sorted scores whose order matters
+    (the cut between dropped and kept, and the order of the kept), so tests can tell a well-separated input from
+    one where float32 rounding may legitimately decide differently; exact ties (gap 0) follow the rule above.
+    """
+    b, n, _ = features.shape
+    xd = features.double()
+    norm = xd.norm(dim=-1, keepdim=True)
+    unit = xd / torch.where(norm > 0, norm, torch.ones_like(norm))
+    n_imp = int(k * 0.5)
+    n_div = k - n_imp
+    rows, margins = [], []
+    for row in range(b):
+        order = _descending(cls_attention[row].double())
+        important, residual = order[:n_imp], order[n_imp:]
+        margin = math.inf
+        while len(residual) > n_div:
+            r = min(8, len(residual) - n_div)
+            a, bb = residual[0::2], residual[1::2]
+            score = (unit[row, a] @ unit[row, bb].T).amax(dim=1)
+            ranked = _descending(score)
+            gaps = [float(score[ranked[i]] - score[ranked[i + 1]]) for i in range(r - 1, len(ranked) - 1)]
+            margin = min([margin] + [g for g in gaps if g > 0])
+            residual = [a[i] for i in ranked[r:]] + bb
+        rows.append(sorted(important + residual))
+        margins.append(margin)
+    return VisPrunerRef(
+        torch.tensor(rows, dtype=torch.long, device=features.device).view(b, k),
+        torch.tensor(margins, dtype=torch.float64),
+    )
+
+
+def vispruner_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
+    """The contract of :func:`restore_ext.vispruner.vispruner_indices`: VisPruner's k tokens, ascending."""
+    return vispruner_selection(features, k, cls_attention).indices
