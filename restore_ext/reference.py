@@ -208,7 +208,7 @@ def calibrated_attention(
 
 def _descending(values: Tensor) -> list:
     """Positions of ``values`` (1-D) from highest to lowest; equal values keep their order (lower first)."""
-    return sorted(range(values.numel()), key=lambda i: (-float(values[i]), i))
+    return torch.sort(values, descending=True, stable=True).indices.tolist()
 
 
 class VisPrunerRef(NamedTuple):
@@ -249,8 +249,9 @@ def vispruner_selection(features: Tensor, k: int, cls_attention: Tensor) -> VisP
             a, bb = residual[0::2], residual[1::2]
             score = (unit[row, a] @ unit[row, bb].T).amax(dim=1)
             ranked = _descending(score)
-            gaps = [float(score[ranked[i]] - score[ranked[i + 1]]) for i in range(r - 1, len(ranked) - 1)]
-            margin = min([margin] + [g for g in gaps if g > 0])
+            gaps = -score[ranked].diff()[r - 1 :]  # the cut after the r dropped, then the kept tokens' order
+            if bool((gaps > 0).any()):
+                margin = min(margin, float(gaps[gaps > 0].min()))
             residual = [a[i] for i in ranked[r:]] + bb
         rows.append(sorted(important + residual))
         margins.append(margin)
@@ -328,7 +329,7 @@ def holov_selection(features: Tensor, k: int, cls_attention: Tensor) -> HoloVRef
                 budget[i] += 1
         kept = []
         for crop, u in zip(crops, budget):
-            kept += sorted(crop, key=lambda t: (-float(att[t]), t))[:u]
+            kept += [crop[i] for i in _descending(att[crop])[:u]]
         rows.append(sorted(kept))
         near_int = min(abs(w * k - round(w * k)) for w in weights)
         ws = sorted(weights)
