@@ -53,6 +53,21 @@ def check_scored_inputs(fn: str, features: Tensor, k, scores: Tensor, nonnegativ
             f"{fn}: scores must be >= 0 (attention weights; a negative score makes the crop budgets negative), "
             f"got a minimum of {float(scores.min())}"
         )
-    if not bool(torch.isfinite(features).all()):
-        raise ValueError(f"{fn}: features must be finite, got NaN or inf")
     return k
+
+
+def row_norms(fn: str, x: Tensor) -> Tensor:
+    """Euclidean norm of each row of ``x`` (..., D), keepdim, accurate for any finite values.
+
+    A plain norm squares the entries, which overflows float32 above ~1e19 and underflows below ~1e-19; only
+    when some norm lands outside a safe range are the rows divided by their largest magnitude first. A NaN or
+    inf feature is refused here, where the norms show it, rather than by a separate pass over the features.
+    """
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    if bool(((norm > 1e-15) & (norm < 1e15)).all()):
+        return norm
+    peak = x.abs().amax(dim=-1, keepdim=True)
+    if not bool(torch.isfinite(peak).all()):
+        raise ValueError(f"{fn}: features must be finite, got NaN or inf")
+    peak = peak.clamp_min(torch.finfo(x.dtype).tiny)
+    return torch.linalg.vector_norm(x / peak, dim=-1, keepdim=True) * peak

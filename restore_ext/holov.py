@@ -27,7 +27,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from ._scored_inputs import check_scored_inputs, compute_dtype
+from ._scored_inputs import check_scored_inputs, compute_dtype, row_norms
 
 NUM_CROPS = 16
 ALPHA = 0.09  # weight of the similarity variance in a token's score
@@ -54,7 +54,7 @@ def crop_scores(features: Tensor, attention: Tensor) -> Tensor:
             scores.append(att[..., 0])
             continue
         x = features[:, start : start + count * m].reshape(b, count, m, d).to(compute_dtype(features))
-        f = x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + EPS)
+        f = x / (row_norms("holov_indices", x) + EPS)
         sim = (f @ f.transpose(-1, -2)).double()
         sim.diagonal(dim1=-2, dim2=-1).zero_()
         mu = sim.sum(dim=-1) / (m - 1)

@@ -27,23 +27,17 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ._scored_inputs import check_scored_inputs, compute_dtype
+from ._scored_inputs import check_scored_inputs, compute_dtype, row_norms
 
 ROUND_LIMIT = 8  # VisPruner removes at most this many duplicates per matching round
 NEIGHBOURS = 32  # length of each token's list of most similar tokens; a row whose list has no B token is rare
 DIRECT_FRAME = 64  # at or below this many tokens in play, A x B is gathered directly
 
 
-def unit_rows(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """Each row of ``x`` scaled to unit length in ``dtype``; zero rows stay zero (cosine 0 to everything).
-
-    Rows are divided by their largest magnitude first, so the squared norm cannot overflow for features far
-    from 1 (cosine similarity does not depend on the scale).
-    """
-    x = x.to(dtype)
-    tiny = torch.finfo(dtype).tiny
-    x = x / x.abs().amax(dim=-1, keepdim=True).clamp_min(tiny)
-    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(tiny)
+def unit_rows(x: Tensor) -> Tensor:
+    """Each row of ``x`` scaled to unit length in the compute dtype; zero rows stay zero (cosine 0 to all)."""
+    x = x.to(compute_dtype(x))
+    return x / row_norms("vispruner_indices", x).clamp_min(torch.finfo(x.dtype).tiny)
 
 
 def descending_order(values: Tensor) -> Tensor:
@@ -73,51 +67,48 @@ def closest_in_b(sim: Tensor, near: Tuple[Tensor, Tensor], a: Tensor, bb: Tensor
     whose list holds no B token read their full row of ``sim``.
     """
     near_val, near_idx = near
-    nb, frame, c = near_idx.shape
-    na = a.shape[1]
-    in_b = torch.zeros(nb, frame, dtype=torch.bool, device=sim.device).scatter_(1, bb, True)
-    candidates = near_idx.view(nb, frame * c).gather(1, (a[:, :, None] * c + torch.arange(c, device=a.device)).view(nb, -1))
-    hit = in_b.gather(1, candidates).view(nb, na, c)
-    found, first = hit.to(torch.uint8).max(dim=-1)  # first B token in each list (max returns the first maximum)
-    best = near_val.view(nb, frame * c).gather(1, a * c + first)
+    batch = torch.arange(a.shape[0], device=a.device)[:, None]
+    in_b = torch.zeros(sim.shape[:2], dtype=torch.bool, device=sim.device)
+    in_b[batch, bb] = True
+    hit = in_b[batch[:, :, None], near_idx[batch, a]]  # (B, |A|, c)
+    found, first = hit.view(torch.uint8).max(dim=-1)  # max returns the first maximum: the first B token
+    best = near_val[batch, a, first]
     missing = found == 0
     if bool(missing.any()):
         row, col = missing.nonzero(as_tuple=True)
-        full = sim[row, a[row, col]].masked_fill(~in_b[row], -math.inf)
-        best[row, col] = full.amax(dim=-1)
+        best[row, col] = sim[row, a[row, col]].masked_fill(~in_b[row], -math.inf).amax(dim=-1)
     return best
 
 
 def neighbour_lists(sim: Tensor) -> Tuple[Tensor, Tensor]:
-    values, columns = torch.topk(sim, min(NEIGHBOURS, sim.shape[-1]), dim=-1)
-    return values.contiguous(), columns.contiguous()
+    return torch.topk(sim, min(NEIGHBOURS, sim.shape[-1]), dim=-1)
 
 
-def remove_duplicates(features: Tensor, residual: Tensor, diverse: int) -> Tensor:
-    """VisPruner's iterative matching over ``residual`` (B, R) token indices; returns (B, diverse) of them.
+def remove_duplicates(unit: Tensor, residual: Tensor, diverse: int) -> Tensor:
+    """VisPruner's iterative matching over ``residual`` (B, R) token indices of the unit rows ``unit``
+    (B, N, D); returns (B, diverse) of them.
 
     ``sim`` holds the similarities of the tokens still in play (its "frame"); ``order`` is the current residual
     order as rows of ``sim``. When the residual shrinks to half the frame, the frame is compacted to it so that
     about half of every top list are B tokens again; small frames compare A x B directly.
     """
     b, r0 = residual.shape
-    d = features.shape[-1]
-    dev = features.device
-    tokens = unit_rows(features.gather(1, residual[:, :, None].expand(b, r0, d)), compute_dtype(features))
+    dev = unit.device
+    tokens = unit.gather(1, residual[:, :, None].expand(b, r0, unit.shape[-1]))
     sim = tokens @ tokens.transpose(1, 2)  # (B, R0, R0): every pair a round can compare
-    rows = torch.arange(b, device=dev)[:, None, None]
+    batch = torch.arange(b, device=dev)[:, None, None]
     order = torch.arange(r0, device=dev).expand(b, r0)
     near = neighbour_lists(sim) if r0 > DIRECT_FRAME else None
     for r in vispruner_rounds(r0, diverse):
-        count, frame = order.shape[1], sim.shape[1]
-        if count <= frame // 2:
-            sim = sim[rows, order[:, :, None], order[:, None, :]]
+        count = order.shape[1]
+        if count <= sim.shape[1] // 2:
+            sim = sim[batch, order[:, :, None], order[:, None, :]]
             residual = residual.gather(1, order)
             order = torch.arange(count, device=dev).expand(b, count)
             near = neighbour_lists(sim) if count > DIRECT_FRAME else None
         a, bb = order[:, 0::2], order[:, 1::2]
         if near is None:
-            best = sim[rows, a[:, :, None], bb[:, None, :]].amax(dim=-1)
+            best = sim[batch, a[:, :, None], bb[:, None, :]].amax(dim=-1)
         else:
             best = closest_in_b(sim, near, a, bb)
         survivors = a.gather(1, descending_order(best)[:, r:])  # empty when r >= |A|
@@ -137,5 +128,5 @@ def vispruner_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor
     order = descending_order(cls_attention)
     kept, residual = order[:, :important], order[:, important:]
     if residual.shape[1] > k - important:
-        residual = remove_duplicates(features, residual, k - important)
+        residual = remove_duplicates(unit_rows(features), residual, k - important)
     return torch.cat([kept, residual], dim=1).sort(dim=1).values
