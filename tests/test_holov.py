@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import restore_ext
 from restore_ext import reference
 from restore_ext.holov import crop_budgets, crop_groups, holov_indices
 
@@ -119,3 +120,15 @@ def test_bad_inputs_are_refused_clearly():
     x = torch.randn(1, 20, 4)
     with pytest.raises(ValueError, match="holov_indices.*scores.*>= 0"):
         holov_indices(x, 3, torch.randn(1, 20))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_select_and_reduce_with_base_holov(device):
+    x, att = random_inputs(2, 120, 16, seed=11)
+    x, att = x.to(device), att.to(device)
+    assert torch.equal(restore_ext.select(x, 20, "holov", scores=att), holov_indices(x, 20, att))
+    got = restore_ext.reduce(x, 40, base="holov", scores=att)
+    want = restore_ext.restore_reduce(x, holov_indices(x, 20, att), 40)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    with pytest.raises(ValueError, match='base="holov" needs scores'):
+        restore_ext.reduce(x, 40, base="holov")

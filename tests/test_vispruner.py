@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import restore_ext
 from restore_ext import reference
 from restore_ext.vispruner import vispruner_indices, vispruner_rounds
 
@@ -102,3 +103,15 @@ def test_reference_follows_the_authors_loop():
 
 def test_bad_inputs_are_refused_clearly():
     bad_inputs(vispruner_indices, "vispruner_indices")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_select_and_reduce_with_base_vispruner(device):
+    x, att = random_inputs(2, 120, 16, seed=11)
+    x, att = x.to(device), att.to(device)
+    assert torch.equal(restore_ext.select(x, 20, "vispruner", scores=att), vispruner_indices(x, 20, att))
+    got = restore_ext.reduce(x, 40, base="vispruner", scores=att)
+    want = restore_ext.restore_reduce(x, vispruner_indices(x, 20, att), 40)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    with pytest.raises(ValueError, match='base="vispruner" needs scores'):
+        restore_ext.reduce(x, 40, base="vispruner")
