@@ -56,18 +56,25 @@ def check_scored_inputs(fn: str, features: Tensor, k, scores: Tensor, nonnegativ
     return k
 
 
-def row_norms(fn: str, x: Tensor) -> Tensor:
-    """Euclidean norm of each row of ``x`` (..., D), keepdim, accurate for any finite values.
+def cosine_gram(fn: str, x: Tensor, eps: float = 0.0) -> Tensor:
+    """``(x_i . x_j) / ((|x_i| + eps) (|x_j| + eps))`` for the rows of ``x`` (..., m, D): (..., m, m) in the compute
+    dtype; a zero row gives 0 against everything.
 
-    A plain norm squares the entries, which overflows float32 above ~1e19 and underflows below ~1e-19; only
-    when some norm lands outside a safe range are the rows divided by their largest magnitude first. A NaN or
-    inf feature is refused here, where the norms show it, rather than by a separate pass over the features.
+    The product of the raw rows is scaled afterwards (m x m work instead of dividing m x D features). That is
+    exact enough only while no norm is near the float range's ends (squares overflow float32 above ~1e19 and
+    underflow below ~1e-19); otherwise rows are first divided by their largest magnitude, and a NaN or inf
+    feature is refused there, where the norms show it, without a separate pass over the features.
     """
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    x = x.to(compute_dtype(x))
+    tiny = torch.finfo(x.dtype).tiny
+    norm = torch.linalg.vector_norm(x, dim=-1)
     if bool(((norm > 1e-15) & (norm < 1e15)).all()):
-        return norm
+        inv = 1 / (norm + eps)
+        return (x @ x.transpose(-1, -2)).mul_(inv[..., :, None]).mul_(inv[..., None, :])
     peak = x.abs().amax(dim=-1, keepdim=True)
     if not bool(torch.isfinite(peak).all()):
         raise ValueError(f"{fn}: features must be finite, got NaN or inf")
-    peak = peak.clamp_min(torch.finfo(x.dtype).tiny)
-    return torch.linalg.vector_norm(x / peak, dim=-1, keepdim=True) * peak
+    peak = peak.clamp_min(tiny)
+    y = x / peak
+    f = y * (peak / (torch.linalg.vector_norm(y, dim=-1, keepdim=True) * peak + eps).clamp_min(tiny))
+    return f @ f.transpose(-1, -2)

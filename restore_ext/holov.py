@@ -27,7 +27,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from ._scored_inputs import check_scored_inputs, compute_dtype, row_norms
+from ._scored_inputs import check_scored_inputs, cosine_gram
 
 NUM_CROPS = 16
 ALPHA = 0.09  # weight of the similarity variance in a token's score
@@ -53,9 +53,8 @@ def crop_scores(features: Tensor, attention: Tensor) -> Tensor:
         if m == 1:
             scores.append(att[..., 0])
             continue
-        x = features[:, start : start + count * m].reshape(b, count, m, d).to(compute_dtype(features))
-        f = x / (row_norms("holov_indices", x) + EPS)
-        sim = (f @ f.transpose(-1, -2)).double()
+        x = features[:, start : start + count * m].reshape(b, count, m, d)
+        sim = cosine_gram("holov_indices", x, EPS).double()  # f = x / (|x| + 1e-6), f f^T
         sim.diagonal(dim1=-2, dim2=-1).zero_()
         mu = sim.sum(dim=-1) / (m - 1)
         var = (sim - mu[..., None]).square().sum(dim=-1) / (m - 1)
