@@ -55,9 +55,14 @@ def causal_visible(lq: int, lk: int, device=None) -> Tensor:
 def distance_bias(q_pos: Tensor, k_pos: Tensor, table: Tensor) -> Tensor:
     """(B, Lq, Lk): ``table[clamp(q_pos[b, i] - k_pos[b, j], 0, T-1)]`` for 1-D positions (B, Lq), (B, Lk).
 
-    A key after its query (negative distance) reads table[0]; a distance beyond the table reads its last entry.
+    A key after its query (negative distance) reads table[0]; a distance beyond the table reads its last entry,
+    also one beyond int64: q_pos near INT64_MAX minus a negative k_pos wraps to a negative int64, which must not
+    read table[0] as a key after its query would.
     """
-    dist = (q_pos.long()[:, :, None] - k_pos.long()[:, None, :]).clamp(0, table.shape[0] - 1)
+    qp, kp = q_pos.long()[:, :, None], k_pos.long()[:, None, :]
+    last = table.shape[0] - 1
+    diff = qp - kp  # for qp > kp the true difference is in [1, 2**64 - 1]; negative here iff it wrapped
+    dist = torch.where(qp <= kp, 0, torch.where(diff < 0, last, diff.clamp(max=last)))
     return table[dist]
 
 
