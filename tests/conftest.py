@@ -1,19 +1,39 @@
 """Shared test helpers: devices and dtypes, a crash-proof subprocess runner, FlashAttention's tolerance rule and
-its eager yardstick, and the decision-margin checks that let discrete results (anchors, DivPrune picks) be
-compared exactly with the float64 reference. Test modules import these from here, never from each other."""
+its eager yardstick, the decision-margin checks that let discrete results (anchors, DivPrune picks) be
+compared exactly with the float64 reference, and the example budget of the property-based (hypothesis) tests.
+Test modules import these from here, never from each other."""
 import math
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 import restore_ext  # noqa: F401  (registers torch.ops.restore.*)
 from restore_ext import reference
 from restore_ext.attention_bias import dense_attention_bias
 
 HAS_CUDA = torch.cuda.is_available()
+
+# ---- hypothesis: the example budget of tests/test_fuzz_*.py -------------------------------------------------
+# "ci" (the default, what `make test` runs): a small fixed budget, derandomized and without an example
+# database, so every run draws the same examples and a failure reproduces from the printed example alone.
+# "fuzz" (`make fuzz`): 25x the budget, fresh random examples each run, failures kept in .hypothesis/ and
+# replayed first next time. Choose with RESTORE_EXT_FUZZ_PROFILE=fuzz or pytest's --hypothesis-profile=fuzz.
+# No deadline: these machines are shared, a slow example is not a bug.
+_PROFILE = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=20, derandomize=True, database=None, **_PROFILE)
+settings.register_profile("fuzz", max_examples=500, **_PROFILE)
+settings.load_profile(os.environ.get("RESTORE_EXT_FUZZ_PROFILE", "ci"))
+
+
+def fuzz_settings(weight: float = 1.0, **overrides) -> settings:
+    """The loaded profile with its example budget scaled by `weight` (for a test whose examples cost more or
+    less than most). Called at import time of a test module, i.e. after --hypothesis-profile was applied."""
+    return settings(max_examples=max(1, round(settings.default.max_examples * weight)), **overrides)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # Every op test runs on CPU and, when a GPU is present, on CUDA; CUDA params are skipped with a reason
