@@ -6,6 +6,7 @@ slow for the sizes that matter (N in the thousands), and the seed still makes ea
 printed falsifying example alone.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 from hypothesis import strategies as st
@@ -82,3 +83,63 @@ def broadcast_along(x: torch.Tensor, dim: int) -> torch.Tensor:
     if x.shape[dim] == 0:
         return x
     return x.narrow(dim, 0, 1).expand(x.shape)
+
+
+# ---- token features (B, N, D): a printable recipe, built inside the test -----------------------------------
+
+TOKEN_KINDS = ["random", "clustered", "duplicates", "zeros", "axis_aligned", "tiny", "scaled"]
+# Stride 0 along B (rows repeat), N (every token the same: a full tie) or D (tokens parallel or opposite).
+STRIDE_0 = ["rows_repeated", "tokens_identical", "constant_along_d"]
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """How to make a (B, N, D) feature tensor. Hypothesis prints this recipe for a failing example (readable,
+    and enough to rebuild the tensor: `Tokens(...).build()`)."""
+
+    b: int
+    n: int
+    d: int
+    dtype: torch.dtype
+    kind: str = "random"
+    layout: str = "contiguous"
+    seed: int = 0
+    scale: float = 1.0
+
+    def build(self) -> torch.Tensor:
+        b, n, d, gen = self.b, self.n, self.d, generator(self.seed)
+        x = torch.randn(b, n, d, generator=gen)
+        if self.kind == "clustered":  # a few far-apart directions, tokens near them
+            centres = torch.randn(b, 5, d, generator=gen) * 4
+            which = torch.randint(0, 5, (b, n), generator=gen)
+            x = centres.gather(1, which[:, :, None].expand(b, n, d)) + 0.3 * x
+        elif self.kind == "duplicates":  # copies of a third of the tokens: exact ties everywhere
+            x = x.gather(1, torch.randint(0, max(1, n // 3), (b, n, 1), generator=gen).expand(b, n, d))
+        elif self.kind == "zeros":  # zero tokens: similarity exactly 0 with everything
+            x = x * (torch.rand(b, n, 1, generator=gen) < 0.7)
+        elif self.kind == "axis_aligned":  # positive multiples of a few axes: similarities exactly 0 or 1
+            axis = torch.randint(0, min(d, 5), (b, n), generator=gen)
+            x = torch.nn.functional.one_hot(axis, d).double() * torch.randint(1, 4, (b, n, 1), generator=gen)
+        elif self.kind == "tiny":  # norms below the contract's 1e-12 floor (float16 cannot go that low)
+            x = x * (1e-6 if self.dtype == torch.float16 else 1e-20)
+        x = (x.double() * self.scale).to(self.dtype)
+        if self.layout in STRIDE_0:
+            return broadcast_along(x, STRIDE_0.index(self.layout))
+        transposed_dims = (1, 2) if self.seed % 2 else (0, 1)
+        return with_layout(x, self.layout, transposed_dims)
+
+
+def scales_for(dtype):
+    """Feature scales every dtype holds with room for sums of N terms (1e18: squared norms near float32's max)."""
+    return [1.0, 1.0, 1e-3, 1e3] + ([] if dtype == torch.float16 else [1e9, 1e18])
+
+
+@st.composite
+def tokens(draw, max_n, kinds=TOKEN_KINDS, dims=(1, 2, 3, 8, 17, 64, 130), dtype=None, layouts=None, b=None):
+    dtype = draw(dtypes) if dtype is None else dtype
+    kind = draw(st.sampled_from(kinds))
+    scale = draw(st.sampled_from(scales_for(dtype))) if kind == "scaled" else 1.0
+    return Tokens(
+        b=draw(batches) if b is None else b, n=draw(lengths(max_n)), d=draw(st.sampled_from(dims)), dtype=dtype,
+        kind=kind, layout=draw(st.sampled_from(layouts or LAYOUTS + STRIDE_0)), seed=draw(seeds), scale=scale,
+    )
