@@ -87,24 +87,32 @@ def _sorted_gaps(v):
 def decisions_well_separated(x, k, rule, rel_margin=2e-6, sim_margin=1e-5):
     """True when no better-relation, anchor choice or assignment is within float32 rounding of flipping
     (relative `rel_margin` of the density scale, absolute `sim_margin` for similarities). Exact ties
-    (gap 0) are fine: both sides resolve them by index."""
+    (gap 0) are fine: both sides resolve them by index; but not a value within rounding of a tie without being
+    equal to it (float64 may say -1 and -1 - 2e-16 where float32 says -1 twice), which other rounding could
+    move into or out of the tie."""
     sim, density, _, score = reference.anchor_scores(x, rule)
-    n = x.shape[1]
+    b, n = x.shape[:2]
     scale = density.abs().amax(-1, keepdim=True).clamp_min(1)
     d_gaps = _sorted_gaps(density) / scale
     if n > 1 and ((d_gaps > 0) & (d_gaps < rel_margin)).any():
         return False
     if k < n:
         top = score.sort(dim=-1, descending=True).values
-        gap = (top[:, k - 1] - top[:, k]).abs() / scale[:, 0]
+        first_out = top[:, k : k + 1]
+        gap = (top[:, k - 1 : k] - first_out) / scale
         if ((gap > 0) & (gap < rel_margin)).any():
             return False
+        near_tie = ((score - first_out).abs() / scale < rel_margin) & (score != first_out)
+        if (near_tie & (gap == 0)).any():
+            return False
     anchors = reference.topk_indices(score, k)
-    to_anchor = sim.gather(2, anchors[:, None, :].expand(-1, n, k))
+    # NaN similarities never win (docs/ops.md); an anchor's own slot is not a decision.
+    to_anchor = sim.gather(2, anchors[:, None, :].expand(-1, n, k)).nan_to_num(nan=-math.inf)
     if k > 1:
-        best2 = to_anchor.topk(2, dim=-1).values
-        gap = best2[..., 0] - best2[..., 1]
-        if ((gap > 0) & (gap < sim_margin)).any():
+        best = to_anchor.amax(-1, keepdim=True)
+        near_tie = ((best - to_anchor) < sim_margin) & (to_anchor != best)
+        is_anchor = torch.zeros(b, n, dtype=torch.bool).scatter_(1, anchors, True)
+        if (near_tie.any(-1) & ~is_anchor).any():
             return False
     return True
 
