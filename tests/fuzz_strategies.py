@@ -135,8 +135,8 @@ def scales_for(dtype):
 
 
 @st.composite
-def tokens(draw, max_n, kinds=TOKEN_KINDS, dims=(1, 2, 3, 8, 17, 64, 130), dtype=None, layouts=None, b=None):
-    dtype = draw(dtypes) if dtype is None else dtype
+def tokens(draw, max_n, kinds=TOKEN_KINDS, dims=(1, 2, 3, 8, 17, 64, 130), dtypes=dtypes, layouts=None, b=None):
+    dtype = draw(dtypes)
     kind = draw(st.sampled_from(kinds))
     scale = draw(st.sampled_from(scales_for(dtype))) if kind == "scaled" else 1.0
     return Tokens(
