@@ -22,8 +22,8 @@ batches = st.sampled_from([1, 1, 2, 3, 5, 0])
 
 def lengths(max_len: int, min_len: int = 1):
     """Sequence lengths: 1, primes (no block size divides them), powers of two and neighbours, and anything
-    in [min_len, max_len]; 'large' means max_len."""
-    special = [1, 2, 3, 5, 7, 13, 31, 32, 33, 63, 64, 65, 127, 257, 577, 1031, 2053, 4099]
+    in [min_len, max_len]; 'large' means max_len; 0 (empty) now and then where min_len = 0."""
+    special = [0, 1, 2, 3, 5, 7, 13, 31, 32, 33, 63, 64, 65, 127, 257, 577, 1031, 2053, 4099]
     special = [n for n in special if min_len <= n <= max_len] + [max_len]
     return st.one_of(st.sampled_from(special), st.integers(min_len, max_len))
 
