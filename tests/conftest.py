@@ -117,6 +117,28 @@ def decisions_well_separated(x, k, rule, rel_margin=2e-6, sim_margin=1e-5):
     return True
 
 
+MEAN_RTOL = {torch.float32: 1.3e-6, torch.float16: 1e-3, torch.bfloat16: 1.6e-2}  # one rounding to the dtype
+
+
+def assert_slot_means(merged, x, assign, counts):
+    """merged (B, K, D) = the plain mean of each slot's members of x (B, N, D) under assign (B, N), counts (B, K)
+    (docs/ops.md §2 step 8). Allowed error: the rounding of the mean to x's dtype, plus what summing m members in
+    float32 may lose, ~m * 2^-24 of their largest magnitude (every op accumulates in float32 at least)."""
+    b, n, d = x.shape
+    k = counts.shape[1]
+    xd = x.double()
+    rows = torch.arange(b)[:, None]
+    mean = torch.zeros(b, k, d, dtype=torch.float64).index_put_((rows, assign), xd, accumulate=True) / counts[..., None]
+    magnitude = xd.abs().nan_to_num(0.0, posinf=0.0).amax(-1)
+    slot_max = torch.zeros(b, k, dtype=torch.float64).scatter_reduce(1, assign, magnitude, "amax")
+    fi = torch.finfo(x.dtype)
+    tol = MEAN_RTOL[x.dtype] * mean.abs() + (counts * 2.0**-24 * slot_max)[..., None] + fi.tiny * fi.eps
+    got = merged.double()
+    same_special = (got == mean) | (got.isnan() & mean.isnan())
+    bad = ~same_special & ~((got - mean).abs() <= tol)
+    assert not bad.any(), f"merged means off at {bad.nonzero()[:5].tolist()}: got {got[bad][:5]}, want {mean[bad][:5]}"
+
+
 # ---- divprune_indices: the float64 greedy replayed, tolerating only rounding-level near-ties --------------
 
 

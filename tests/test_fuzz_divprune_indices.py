@@ -23,14 +23,6 @@ def divprune_cases(draw, max_n=700, max_k=40):
     return x, k
 
 
-def float64_ties_are_exact(recipe):
-    """Duplicated or parallel tokens tie in exact arithmetic, but their self-similarity 1 - ||xn||^2 rounds
-    differently per token, in float64 too; sub-floor tokens' similarities are near 0 in any precision. Their
-    float64 ties may be rounding coincidences that float32 breaks another way (docs/ops.md: picks within
-    float32 rounding may differ); of bitwise-identical tokens the lower is still required."""
-    return recipe.kind not in ("duplicates", "tiny") and recipe.layout not in ("tokens_identical", "constant_along_d")
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @fuzz_settings()
 @given(case=divprune_cases())
@@ -39,7 +31,7 @@ def test_matches_reference(device, case):
     x = recipe.build()
     got = restore_ext.divprune_indices(x.to(device), k)
     assert got.device.type == device and got.dtype == torch.long and got.shape == (x.shape[0], k)
-    assert_divprune_exact_or_close(got, x, k, float64_ties_exact=float64_ties_are_exact(recipe))
+    assert_divprune_exact_or_close(got, x, k, float64_ties_exact=recipe.float64_ties_exact)
 
 
 @pytest.mark.xfail(strict=True, reason=(
