@@ -40,6 +40,11 @@ def distance_bias_table(max_distance: int, inv_freq: Tensor) -> Tensor:
         )
     if not inv_freq.is_floating_point():
         raise ValueError(f"distance_bias_table: inv_freq must be floating point, got {inv_freq.dtype}")
+    # A NaN or inf frequency makes every entry NaN (table[0] = log(2 - cos(0 * inf))), which calibrated_attention
+    # would spread over every output without an error. (One host read: this runs once per model, not per step.)
+    if not inv_freq.is_meta and not bool(torch.isfinite(inv_freq).all()):
+        bad = inv_freq[~torch.isfinite(inv_freq)][:3].tolist()
+        raise ValueError(f"distance_bias_table: inv_freq must be finite, got non-finite values such as {bad}")
     dist = torch.arange(length, dtype=torch.float64, device=inv_freq.device)
     decay = torch.cos(torch.outer(dist, inv_freq.double())).mean(-1)
     return torch.log(2 - decay).float()
