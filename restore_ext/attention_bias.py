@@ -42,6 +42,11 @@ def distance_bias_table(max_distance: int, inv_freq: Tensor) -> Tensor:
         )
     if not inv_freq.is_floating_point():
         raise ValueError(f"distance_bias_table: inv_freq must be floating point, got {inv_freq.dtype}")
+    # A NaN or inf frequency makes every entry NaN (table[0] = log(2 - cos(0 * inf))), which calibrated_attention
+    # would spread over every output without an error. (One host read: this runs once per model, not per step.)
+    if not inv_freq.is_meta and not bool(torch.isfinite(inv_freq).all()):
+        bad = inv_freq[~torch.isfinite(inv_freq)][:3].tolist()
+        raise ValueError(f"distance_bias_table: inv_freq must be finite, got non-finite values such as {bad}")
     dist = torch.arange(length, dtype=torch.float64, device=inv_freq.device)
     decay = torch.cos(torch.outer(dist, inv_freq.double())).mean(-1)
     return torch.log(2 - decay).float()
@@ -124,13 +129,18 @@ def distance_bias(q_pos: Tensor, k_pos: Tensor, table: Tensor) -> Tensor:
     """(B, Lq, Lk): the distance term of the bias.
 
     1-D positions (B, Lq), (B, Lk) with a (T,) table: ``table[clamp(q_pos[b, i] - k_pos[b, j], 0, T-1)]``; a key
-    after its query (negative distance) reads table[0], a distance beyond the table its last entry.
+    after its query (negative distance) reads table[0], a distance beyond the table its last entry, also one
+    beyond int64: q_pos near INT64_MAX minus a negative k_pos wraps to a negative int64, which must not read
+    table[0] as a key after its query would.
     Multi-axis positions (B, Lq, S), (B, Lk, S) with an (S, T) table of decay shares (:func:`rope_decay_tables`):
     ``log(2 - sum_s table[s, min(|q_pos[b, i, s] - k_pos[b, j, s]|, T-1)])``, summed and logged in float64 (the
     result is float64). The absolute value matters: under M-RoPE an earlier key can have a larger h or w.
     """
     if table.dim() == 1:
-        dist = (q_pos.long()[:, :, None] - k_pos.long()[:, None, :]).clamp(0, table.shape[0] - 1)
+        qp, kp = q_pos.long()[:, :, None], k_pos.long()[:, None, :]
+        last = table.shape[0] - 1
+        diff = qp - kp  # for qp > kp the true difference is in [1, 2**64 - 1]; negative here iff it wrapped
+        dist = torch.where(qp <= kp, 0, torch.where(diff < 0, last, diff.clamp(max=last)))
         return table[dist]
     last = table.shape[1] - 1
     decay = 0

@@ -40,7 +40,9 @@ def divprune_order(x: Tensor, k: int):
     b, n, _ = x.shape
     xd = x.double()
     xn = xd / xd.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    dist = 1 - xn @ xn.transpose(-1, -2)
+    # Decisions compare dist - 1 = -sim: the same order and the same gaps as dist, without rounding 1 - sim,
+    # which merges every similarity below ~1e-16 (tokens under the 1e-12 norm floor) into a false exact tie.
+    dist = -(xn @ xn.transpose(-1, -2))
     orders, margins = [], []
     for row in range(b):
         d = dist[row]

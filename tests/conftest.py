@@ -1,6 +1,7 @@
 """Shared test helpers: devices and dtypes, a crash-proof subprocess runner, FlashAttention's tolerance rule and
-its eager yardstick, and the decision-margin checks that let discrete results (anchors, DivPrune picks) be
-compared exactly with the float64 reference. Test modules import these from here, never from each other."""
+its eager yardstick, the decision-margin checks that let discrete results (anchors, DivPrune picks) be
+compared exactly with the float64 reference, and the example budget of the property-based (hypothesis) tests.
+Test modules import these from here, never from each other."""
 import math
 import os
 import subprocess
@@ -9,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, settings
 
 import restore_ext  # noqa: F401  (registers torch.ops.restore.*)
 from restore_ext import reference
@@ -19,6 +21,26 @@ from restore_ext.attention_bias import dense_attention_bias
 collect_ignore = [] if os.environ.get("RESTORE_TEST_VLLM") == "1" else ["vllm"]
 
 HAS_CUDA = torch.cuda.is_available()
+
+# ---- hypothesis: the example budget of tests/test_fuzz_*.py -------------------------------------------------
+# "ci" (the default, what `make test` runs): a small fixed budget, derandomized and without an example
+# database, so every run draws the same examples and a failure reproduces from the printed example alone.
+# "fuzz" (`make fuzz`): 25x the budget, fresh random examples each run, failures kept in .hypothesis/ and
+# replayed first next time. Choose with RESTORE_EXT_FUZZ_PROFILE=fuzz or pytest's --hypothesis-profile=fuzz.
+# No deadline: these machines are shared, a slow example is not a bug.
+_PROFILE = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=20, derandomize=True, database=None, **_PROFILE)
+settings.register_profile("fuzz", max_examples=500, **_PROFILE)
+settings.load_profile(os.environ.get("RESTORE_EXT_FUZZ_PROFILE", "ci"))
+
+
+def fuzz_settings(weight: float = 1.0, shrink: bool = True) -> settings:
+    """The loaded profile with its example budget scaled by `weight` (for a test whose examples cost more or
+    less than most). Called at import time of a test module, i.e. after --hypothesis-profile was applied.
+    shrink=False for the xfail(strict=True) tests of known bugs: they fail by design until fixed, and shrinking
+    a failure each run would cost minutes; the first failing example is printed as drawn."""
+    phases = tuple(settings.default.phases) if shrink else (Phase.explicit, Phase.reuse, Phase.generate)
+    return settings(max_examples=max(1, round(settings.default.max_examples * weight)), phases=phases)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # Every op test runs on CPU and, when a GPU is present, on CUDA; CUDA params are skipped with a reason
@@ -69,59 +91,102 @@ def _sorted_gaps(v):
 def decisions_well_separated(x, k, rule, rel_margin=2e-6, sim_margin=1e-5):
     """True when no better-relation, anchor choice or assignment is within float32 rounding of flipping
     (relative `rel_margin` of the density scale, absolute `sim_margin` for similarities). Exact ties
-    (gap 0) are fine: both sides resolve them by index."""
+    (gap 0) are fine: both sides resolve them by index; but not a value within rounding of a tie without being
+    equal to it (float64 may say -1 and -1 - 2e-16 where float32 says -1 twice), which other rounding could
+    move into or out of the tie."""
     sim, density, _, score = reference.anchor_scores(x, rule)
-    n = x.shape[1]
+    b, n = x.shape[:2]
     scale = density.abs().amax(-1, keepdim=True).clamp_min(1)
     d_gaps = _sorted_gaps(density) / scale
     if n > 1 and ((d_gaps > 0) & (d_gaps < rel_margin)).any():
         return False
     if k < n:
         top = score.sort(dim=-1, descending=True).values
-        gap = (top[:, k - 1] - top[:, k]).abs() / scale[:, 0]
+        first_out = top[:, k : k + 1]
+        gap = (top[:, k - 1 : k] - first_out) / scale
         if ((gap > 0) & (gap < rel_margin)).any():
             return False
+        near_tie = ((score - first_out).abs() / scale < rel_margin) & (score != first_out)
+        if (near_tie & (gap == 0)).any():
+            return False
     anchors = reference.topk_indices(score, k)
-    to_anchor = sim.gather(2, anchors[:, None, :].expand(-1, n, k))
+    # NaN similarities never win (docs/ops.md); an anchor's own slot is not a decision.
+    to_anchor = sim.gather(2, anchors[:, None, :].expand(-1, n, k)).nan_to_num(nan=-math.inf)
     if k > 1:
-        best2 = to_anchor.topk(2, dim=-1).values
-        gap = best2[..., 0] - best2[..., 1]
-        if ((gap > 0) & (gap < sim_margin)).any():
+        best = to_anchor.amax(-1, keepdim=True)
+        near_tie = ((best - to_anchor) < sim_margin) & (to_anchor != best)
+        is_anchor = torch.zeros(b, n, dtype=torch.bool).scatter_(1, anchors, True)
+        if (near_tie.any(-1) & ~is_anchor).any():
             return False
     return True
+
+
+MEAN_RTOL = {torch.float32: 1.3e-6, torch.float16: 1e-3, torch.bfloat16: 1.6e-2}  # one rounding to the dtype
+
+
+def assert_slot_means(merged, x, assign, counts):
+    """merged (B, K, D) = the plain mean of each slot's members of x (B, N, D) under assign (B, N), counts (B, K)
+    (docs/ops.md §2 step 8). Allowed error: the rounding of the mean to x's dtype, plus what summing m members in
+    float32 may lose, ~m * 2^-24 of their largest magnitude (every op accumulates in float32 at least)."""
+    b, n, d = x.shape
+    k = counts.shape[1]
+    xd = x.double()
+    rows = torch.arange(b)[:, None]
+    mean = torch.zeros(b, k, d, dtype=torch.float64).index_put_((rows, assign), xd, accumulate=True) / counts[..., None]
+    magnitude = xd.abs().nan_to_num(0.0, posinf=0.0).amax(-1)
+    slot_max = torch.zeros(b, k, dtype=torch.float64).scatter_reduce(1, assign, magnitude, "amax")
+    fi = torch.finfo(x.dtype)
+    tol = MEAN_RTOL[x.dtype] * mean.abs() + (counts * 2.0**-24 * slot_max)[..., None] + fi.tiny * fi.eps
+    got = merged.double()
+    same_special = (got == mean) | (got.isnan() & mean.isnan())
+    bad = ~same_special & ~((got - mean).abs() <= tol)
+    assert not bad.any(), f"merged means off at {bad.nonzero()[:5].tolist()}: got {got[bad][:5]}, want {mean[bad][:5]}"
 
 
 # ---- divprune_indices: the float64 greedy replayed, tolerating only rounding-level near-ties --------------
 
 
-def assert_divprune_matches(got, x, k, tol=1e-5):
+def assert_divprune_matches(got, x, k, tol=1e-5, float64_ties_exact=True):
     """`got` (B, k) must be what the float64 greedy picks, except that where the best and another candidate are
     within `tol` in distance (a float32 kernel may rank them either way), any of them may be picked: the replay
-    then follows the kernel's choice. Exact ties (equal in float64) must go to the lower index."""
+    then follows the kernel's choice. Exact ties (equal in float64) must go to the lower index.
+
+    `float64_ties_exact=False` is for inputs whose float64 ties can be rounding coincidences that float32
+    rounds apart (duplicated or parallel tokens: 1 - ||xn||^2 is 0 only up to rounding, differently per token;
+    tokens under the 1e-12 norm floor): a float64 tie then binds only bitwise-identical tokens, which every
+    precision computes alike, so of two identical candidates the lower index must still be picked."""
     got = got.cpu()
     assert got.shape == (x.shape[0], k) and got.dtype == torch.long
     assert torch.equal(got, got.sort(dim=1).values), "indices must be ascending"
     b, n, _ = x.shape
     xd = x.detach().cpu().double()
     xn = xd / xd.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    dist = 1 - xn @ xn.transpose(-1, -2)
+    dist = -(xn @ xn.transpose(-1, -2))  # distance - 1, as reference.divprune_order compares it
     for row in range(b):
         want = set(got[row].tolist())
         assert len(want) == k, f"row {row}: repeated indices {got[row].tolist()}"
         d = dist[row]
 
+        in_result = torch.zeros(n, dtype=torch.bool)
+        in_result[got[row]] = True
+        same_as = lambda c: (xd[row] == xd[row, c]).all(-1)  # noqa: E731  (bitwise-identical tokens)
+
         def pick(values, step):
-            best = float(values.max())
-            near = [i for i in torch.nonzero(values >= best - tol).flatten().tolist()]
-            exact = [i for i in near if float(values[i]) == best]
-            if exact[0] in want:  # the exact winner, ties to the lower index
-                return exact[0]
-            in_set = [i for i in near if i in want and float(values[i]) < best]
-            assert in_set, (
-                f"row {row} step {step}: the greedy picks {exact[0]} (distance {best:.9f}); no token of the result "
-                f"is within {tol} of it"
+            best = values.max()
+            first_best = int(torch.nonzero(values == best)[0])
+            if in_result[first_best]:  # the exact winner, ties to the lower index
+                return first_best
+            ok = (values >= best - tol) & in_result
+            if float64_ties_exact:
+                ok &= values < best
+            assert ok.any(), (
+                f"row {row} step {step}: the greedy picks {first_best} (distance {1 + float(best):.9f}); no token "
+                f"of the result is within {tol} of it"
             )
-            return max(in_set, key=lambda i: float(values[i]))
+            c = int(torch.where(ok, values, -math.inf).argmax())  # the first maximum: lower index on ties
+            twins = torch.nonzero(same_as(c)[:c] & ~in_result[:c] & (values[:c] > -math.inf)).flatten()
+            assert not twins.numel(), f"row {row} step {step}: picked {c} over the identical, lower token {int(twins[0])}"
+            return c
 
         if n == 1:
             first = 0
@@ -138,10 +203,10 @@ def assert_divprune_matches(got, x, k, tol=1e-5):
         assert sorted(chosen) == sorted(want), f"row {row}: replay {sorted(chosen)} != result {sorted(want)}"
 
 
-def assert_divprune_exact_or_close(got, x, k, tol=1e-5):
+def assert_divprune_exact_or_close(got, x, k, tol=1e-5, float64_ties_exact=True):
     """Exact equality with the reference where its decisions are separated by more than 10 x tol."""
     order, margin = reference.divprune_order(x.cpu(), k)
-    if float(margin.min()) > 10 * tol:
+    if not margin.numel() or float(margin.min()) > 10 * tol:
         assert torch.equal(got.cpu(), order.sort(dim=1).values)
     else:
-        assert_divprune_matches(got, x, k, tol)
+        assert_divprune_matches(got, x, k, tol, float64_ties_exact)

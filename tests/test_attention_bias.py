@@ -126,6 +126,19 @@ def test_distance_bias_clamps_both_ends():
     assert got.tolist() == [[[10.0, 10.0, 11.0, 12.0, 12.0, 12.0]]]
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_distances_beyond_int64_read_the_last_entry(causal):
+    """q_pos near INT64_MAX minus a negative k_pos used to wrap to a negative distance and read table[0]
+    (issue 14 item 5, the reference's side): the dense bias now saturates as the kernels must."""
+    top, bottom = 2**63 - 1, -(2**63)
+    q_pos = torch.tensor([[top, top - 1, bottom, 0, 3]])
+    k_pos = torch.tensor([[-1, bottom, top, 0, -(2**62), 2**62, 2, bottom + 1]])
+    table, log_size = torch.tensor([10.0, 11.0, 12.0, 13.0]), torch.zeros(1, 8)
+    got = dense_attention_bias(log_size, q_pos, k_pos, table, causal)
+    want = literal_bias(log_size, q_pos, k_pos, table, 5, 8, causal)  # Python ints: no wrap
+    assert torch.equal(got.double(), want)
+    assert got[0, 0, 0, 0] == 13.0 and got[0, 0, 2, 2] == 10.0  # top - (-1): the last entry; bottom - top: 0
+
 def test_as_an_sdpa_mask_it_gives_the_reference_attention():
     """The bias alone, as SDPA's additive mask, reproduces reference.calibrated_attention (float64, rows with
     visible keys; rows with none are zeros in the reference and NaN in SDPA)."""
