@@ -47,29 +47,52 @@ def has_cls_token(tower: nn.Module) -> bool:
     return getattr(getattr(root, "embeddings", None), "class_embedding", None) is not None
 
 
-class ClsAttentionCapture:
-    """A pre-hook on one encoder layer; after each forward of the tower, :attr:`value` holds the [CLS] row
-    (B, L) float32 of that forward (:meth:`pop` takes it). :meth:`remove` takes the hook off."""
+class ClsAttentionRecorder:
+    """The hooks' side: ``before_layer`` (a forward pre-hook with kwargs on the chosen encoder layer) computes the
+    [CLS] row into :attr:`value`; ``after_tower`` (a forward hook on the tower) also attaches it to the tower's
+    output as ``output.cls_attention``, so it travels with features that are encoded in one place and used in
+    another (transformers' ``generate`` encodes images before the first forward). Holds no module or handle, so a
+    deep copy or a pickle of a model with these hooks gets its own recorder."""
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self):
         self.value: Optional[Tensor] = None
-        self._handle = layer.register_forward_pre_hook(self._capture, with_kwargs=True)
-        self._layer = layer
 
-    def _capture(self, module, args, kwargs):
+    def before_layer(self, module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
         with torch.no_grad():
             self.value = cls_attention_row(module, hidden, mask)
 
+    def after_tower(self, module, args, output):
+        if self.value is not None and hasattr(output, "__dict__"):  # a ModelOutput, not a plain tuple
+            output.cls_attention = self.value
+
+
+class ClsAttentionCapture:
+    """Hooks installed on a tower by :func:`capture_cls_attention`; after each forward of the tower,
+    :attr:`value` holds the [CLS] row (B, L) float32 of that forward (:meth:`pop` takes it) and the tower's output
+    carries it as ``cls_attention``. :meth:`remove` takes the hooks off (also on leaving a ``with`` block)."""
+
+    def __init__(self, tower: nn.Module, layer: nn.Module):
+        self.recorder = ClsAttentionRecorder()
+        self._handles = [
+            layer.register_forward_pre_hook(self.recorder.before_layer, with_kwargs=True),
+            tower.register_forward_hook(self.recorder.after_tower),
+        ]
+
+    @property
+    def value(self) -> Optional[Tensor]:
+        return self.recorder.value
+
     def pop(self) -> Tensor:
-        if self.value is None:
+        if self.recorder.value is None:
             raise RuntimeError("ClsAttentionCapture.pop: the vision tower has not run since the last pop")
-        value, self.value = self.value, None
+        value, self.recorder.value = self.recorder.value, None
         return value
 
     def remove(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
     def __enter__(self):
         return self
@@ -78,14 +101,11 @@ class ClsAttentionCapture:
         self.remove()
 
 
-def capture_cls_attention(tower: nn.Module, layer: int) -> ClsAttentionCapture:
-    """Hooks the ``layer``-th encoder layer of ``tower`` (Python indexing, so -2 is the penultimate layer:
-    the same layer as ``output_attentions=True``'s ``attentions[layer]``, whose output is
-    ``hidden_states[layer]`` for a negative ``layer``, as LLaVA's ``vision_feature_layer`` picks it).
-
-    Raises ValueError for a tower without a [CLS] token, a layer that is not CLIP-style, or an index out of
-    range. Use as a context manager or call ``remove()``.
-    """
+def cls_attention_layer(tower: nn.Module, layer: int) -> nn.Module:
+    """The ``layer``-th encoder layer of ``tower`` (Python indexing, so -2 is the penultimate layer: the same layer
+    as ``output_attentions=True``'s ``attentions[layer]``, whose output is ``hidden_states[layer]`` for a negative
+    ``layer``, as LLaVA's ``vision_feature_layer`` picks it), checked to have a [CLS] row to capture: ValueError
+    for a tower without a [CLS] token, a layer that is not CLIP-style, or an index out of range."""
     if not has_cls_token(tower):
         raise ValueError(
             f"capture_cls_attention: {type(tower).__name__} has no [CLS] token (no embeddings.class_embedding), so "
@@ -104,4 +124,10 @@ def capture_cls_attention(tower: nn.Module, layer: int) -> ClsAttentionCapture:
             f"capture_cls_attention: layer {layer} ({type(chosen).__name__}) is not a CLIP-style encoder layer "
             "(layer_norm1, self_attn.q_proj / k_proj / head_dim / scale)"
         )
-    return ClsAttentionCapture(chosen)
+    return chosen
+
+
+def capture_cls_attention(tower: nn.Module, layer: int) -> ClsAttentionCapture:
+    """Records the [CLS] attention of ``tower``'s encoder layer ``layer`` (see :func:`cls_attention_layer`) at
+    every forward of the tower. Use as a context manager or call ``remove()``."""
+    return ClsAttentionCapture(tower, cls_attention_layer(tower, layer))

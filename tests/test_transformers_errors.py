@@ -84,7 +84,7 @@ def test_errors(model):
         (dict(keep_ratio=-0.1), "keep_ratio"),
         (dict(calibrate="no"), "calibrate"),
         (dict(decode_distance_bias=None), "decode_distance_bias"),
-        (dict(base="cls"), "base"),
+        (dict(base="visprune"), "base"),
         (dict(base=None), "base"),
         (dict(rule=None), "rule"),
         (dict(num_tokens=16, ratio=0.5), "give num_tokens or ratio, not both"),

@@ -24,6 +24,7 @@ class VisualInput:
     features: list  # [(N_i, D)] per item
     placeholder: Tensor  # (B, L) bool
     extras: dict = field(default_factory=dict)  # name -> [(N_i, ...)] per item
+    scores: Optional[list] = None  # [(N_i,)] per item: [CLS] attention of each token, when asked for
 
 
 class Adapter:
@@ -54,8 +55,18 @@ class Adapter:
 
     def visual_inputs(self, inner, kw: dict, input_ids: Optional[Tensor], inputs_embeds: Tensor) -> list:
         """The ``VisualInput`` of each modality this forward carries (encoding them: vision tower + projector), or
-        an empty list for a text-only forward (decode steps)."""
+        an empty list for a text-only forward (decode steps). For a base that ranks by [CLS] attention
+        (``check_cls_attention`` passed) the core calls it with ``with_scores=True``: each ``VisualInput`` then
+        carries ``scores``, the vision tower's [CLS] attention to each of its tokens."""
         raise NotImplementedError
+
+    def check_cls_attention(self, model, base: str) -> None:
+        """Raise ValueError unless this model's visual tokens can be ranked by the vision tower's [CLS] attention
+        (bases "cls", "vispruner", "holov"). Default: they cannot (towers without a [CLS] token, such as Qwen's)."""
+        raise ValueError(
+            f"apply_restore: base={base!r} ranks visual tokens by the vision tower's [CLS] attention, "
+            f"which {type(model).__name__} does not have; use base='divprune', 'uniform' or a callable"
+        )
 
     def positions(
         self, inner, kw: dict, input_ids: Optional[Tensor], valid: Tensor, start: Optional[Tensor], visual: list

@@ -50,7 +50,9 @@ def apply_restore(
     ratio: instead of num_tokens, a budget per image or video for dynamic resolution: ``round(ratio * N)`` of its N
         tokens (rounded half up, at least 2), ratio in (0, 1].
     base: the base method that picks the ``round(num_tokens * keep_ratio)`` retained tokens: "divprune",
-        "uniform", or a callable(features (M, N, D), k) -> (M, k) indices (see restore_ext.select).
+        "uniform", "vispruner", "holov", "cls" (the last three rank by the vision tower's [CLS] attention at
+        ``vision_feature_layer``, captured while the tower keeps its attention implementation; a tower without a
+        [CLS] token is refused), or a callable(features (M, N, D), k) -> (M, k) indices (see restore_ext.select).
     keep_ratio: retained share of ``num_tokens``, a number in [0, 1]; the rest are merged anchors. 1.0 = pruning
         alone (no merge), 0.0 = merging alone.
     rule: anchor rule of the merge, "reference" (authors' code) or "dpc".
@@ -65,6 +67,8 @@ def apply_restore(
     if is_restore_applied(model):
         raise ValueError("apply_restore: RESTORE is already applied to this model; call remove_restore(model) first")
     settings = RestoreSettings(num_tokens, base, keep_ratio, rule, calibrate, decode_distance_bias, ratio)
+    if settings.needs_scores:
+        adapter.check_cls_attention(model, settings.base)
     inner = adapter.inner(model)
     params = inspect.signature(type(inner).forward).parameters
     patch = Patch(

@@ -173,7 +173,10 @@ def restore_pre_hook(inner, args, kwargs):
     if mask is not None:
         valid = mask[:, -seq:].to(device=embeds.device, dtype=torch.bool)
 
-    visual = adapter.visual_inputs(inner, kw, input_ids, embeds)
+    if settings.needs_scores:
+        visual = adapter.visual_inputs(inner, kw, input_ids, embeds, with_scores=True)
+    else:
+        visual = adapter.visual_inputs(inner, kw, input_ids, embeds)
     positions = adapter.positions(inner, kw, input_ids, valid, None if past is None else past.next_pos, visual)
     short = shorten_prompt(embeds, valid, positions, visual, settings, adapter.next_position(positions, valid))
     keys = short.keys if past is None else past.then(short.keys)

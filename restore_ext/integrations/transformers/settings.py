@@ -12,7 +12,8 @@ from restore_ext.reduction import kept_count
 from restore_ext.validation import as_int
 
 DEFAULT_NUM_TOKENS = 64
-BASES = ("divprune", "uniform")
+BASES = ("divprune", "uniform", "cls", "vispruner", "holov")
+SCORED_BASES = ("cls", "vispruner", "holov")  # rank tokens by the vision tower's [CLS] attention
 RULES = ("reference", "dpc")
 
 
@@ -67,9 +68,8 @@ class RestoreSettings:
             raise ValueError(f"apply_restore: keep_ratio must be a number in [0, 1], got {self.keep_ratio!r}")
         if not (callable(self.base) or (isinstance(self.base, str) and self.base in BASES)):
             raise ValueError(
-                f"apply_restore: base must be 'divprune', 'uniform' or a callable(features, k) -> indices, got "
-                f"{self.base!r} ('cls' needs the vision tower's [CLS] attention, which this integration does not "
-                "capture yet)"
+                f"apply_restore: base must be one of {', '.join(repr(b) for b in BASES)} or a callable(features, k) "
+                f"-> indices, got {self.base!r}"
             )
         if not (isinstance(self.rule, str) and self.rule in RULES):
             raise ValueError(f'apply_restore: rule must be "reference" or "dpc", got {self.rule!r}')
@@ -79,6 +79,11 @@ class RestoreSettings:
         # frozen: normalise through object.__setattr__ (a 0-d tensor becomes the int, an int ratio a float)
         object.__setattr__(self, "num_tokens", num_tokens)
         object.__setattr__(self, "keep_ratio", keep_ratio)
+
+    @property
+    def needs_scores(self) -> bool:
+        """The base ranks tokens by the vision tower's [CLS] attention, which the adapter must then capture."""
+        return isinstance(self.base, str) and self.base in SCORED_BASES
 
     def budget(self, n: int) -> int:
         """Tokens an item of ``n`` visual tokens keeps after reduction: ``num_tokens``, or ``ratio * n`` rounded half

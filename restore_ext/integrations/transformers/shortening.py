@@ -42,6 +42,7 @@ class _Item:
     features: Tensor  # (N, D)
     extras: dict  # name -> (N, ...)
     modality: int
+    scores: Optional[Tensor] = None  # (N,) [CLS] attention, for the bases that rank by it
 
 
 def _locate(index: int, vis: VisualInput) -> list:
@@ -64,7 +65,8 @@ def _locate(index: int, vis: VisualInput) -> list:
                 f"apply_restore: the placeholder tokens of {vis.modality} {i} span several prompts of the batch"
             )
         extras = {k: v[i] for k, v in vis.extras.items()}
-        items.append(_Item(r, cols[start:start + n], vis.features[i], extras, index))
+        scores = None if vis.scores is None else vis.scores[i]
+        items.append(_Item(r, cols[start:start + n], vis.features[i], extras, index, scores))
         start += n
     return items
 
@@ -130,7 +132,10 @@ def shorten_prompt(
         groups.setdefault((tuple(item.features.shape), tuple(sorted(item.extras))), []).append(i)
     for ((n, _), names), idx in sorted(groups.items()):
         feats = torch.stack([items[i].features for i in idx]).to(dev, embeds.dtype)
-        red = reduce_tokens(feats, settings)
+        scores = None
+        if settings.needs_scores:  # the adapter gave every item its scores (check_cls_attention passed)
+            scores = torch.stack([items[i].scores for i in idx]).to(dev, torch.float32)
+        red = reduce_tokens(feats, settings, scores)
         k = red.position.shape[1]
         tokens_after += k * len(idx)
         rows = torch.tensor([items[i].row for i in idx], device=dev)[:, None].expand(-1, k)

@@ -2,6 +2,8 @@
 per-token extras (Qwen3-VL's DeepStack features) through the same assignment."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -10,8 +12,11 @@ import restore_ext
 from .settings import RestoreSettings
 
 
-def reduce_tokens(features: Tensor, settings: RestoreSettings) -> "restore_ext.Reduced":
-    """(M, N, D) tokens of M items -> ``Reduced`` with ``settings.budget(N)`` tokens per item.
+def reduce_tokens(
+    features: Tensor, settings: RestoreSettings, scores: Optional[Tensor] = None
+) -> "restore_ext.Reduced":
+    """(M, N, D) tokens of M items -> ``Reduced`` with ``settings.budget(N)`` tokens per item; ``scores`` (M, N) is
+    the [CLS] attention the bases "cls", "vispruner" and "holov" rank by.
 
     RESTORE proper (:func:`restore_ext.reduce`) when the budget holds both kept and merged tokens; the two ends of
     keep_ratio, which the demo compares against, are pure merging (R = 0) and pruning alone (R = num_out, the
@@ -22,12 +27,12 @@ def reduce_tokens(features: Tensor, settings: RestoreSettings) -> "restore_ext.R
     r = settings.kept(num_out)
     if 1 <= r < num_out:
         return restore_ext.reduce(
-            features, num_out, base=settings.base, keep_ratio=settings.keep_ratio, rule=settings.rule
+            features, num_out, base=settings.base, keep_ratio=settings.keep_ratio, scores=scores, rule=settings.rule
         )
     if r == 0:
         nothing_kept = features.new_empty((m, 0), dtype=torch.long)
         return restore_ext.restore_reduce(features, nothing_kept, num_out, settings.rule)
-    retained = restore_ext.select(features, r, settings.base)
+    retained = restore_ext.select(features, r, settings.base, scores)
     source = torch.full((m, n), -1, dtype=torch.long, device=features.device)
     source.scatter_(1, retained, torch.arange(r, device=features.device).expand(m, r).contiguous())
     tokens = features.gather(1, retained[:, :, None].expand(m, r, d))
