@@ -8,7 +8,7 @@ MAX_JOBS ?= $(shell nproc)
 DEPS := torch==$(TORCH_VERSION) hypothesis matplotlib ninja numpy pybind11 pytest pytest-benchmark "setuptools>=77" wheel "transformers>=5,<6"
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h') setup.py
 
-.PHONY: test test-eval test-vllm bench bench-e2e demo build wheel wheel-test clean
+.PHONY: test fuzz test-eval test-vllm bench bench-e2e demo build wheel wheel-test clean
 
 $(VENV)/.deps-stamp: Makefile
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -25,6 +25,10 @@ build: restore_ext/_build_info.py
 
 test: build
 	$(PY) -m pytest -q tests
+
+# The property-based tests with 25x make test's example budget (hypothesis profile `fuzz`, tests/conftest.py).
+fuzz: build
+	RESTORE_EXT_FUZZ_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz_*.py
 
 # lmms-eval models (tests/test_lmms_eval.py) in a virtual environment of their own, so lmms-eval's many
 # dependencies stay out of .venv. restore_ext goes in editable around the in-place build of `build`
