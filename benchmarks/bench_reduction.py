@@ -7,6 +7,7 @@
                        repeated until the same number of merged tokens remains);
 - restore_reduce     vs the same composite built on the authors' anchor merge;
 - divprune_indices   vs the authors' loop (a full distance matrix, then per step torch ops over the picks);
+- vispruner_indices, holov_indices vs the RESTORE authors' loops (benchmarks/authors_selectors.py), N <= 2880;
 - topk_indices       vs torch.topk + sort.
 """
 import math
@@ -15,7 +16,10 @@ import torch
 import torch.nn.functional as F
 
 import restore_ext
+from authors_selectors import authors_holov, authors_vispruner
 from common import Case
+from restore_ext.holov import holov_indices
+from restore_ext.vispruner import vispruner_indices
 
 
 # ---- baselines, written from the published algorithms --------------------------------------------------------
@@ -134,6 +138,18 @@ def cases(quick, device):
                      lambda x=x, r=r, o=out: authors_restore_reduce(x, authors_divprune(x, r), o)))),
             Case("divprune_indices", shape, dt, device, ours=lambda x=x, r=r: restore_ext.divprune_indices(x, r),
                  peers=peers(authors_loop=None if big or slow_loop else (lambda x=x, r=r: authors_divprune(x, r)))),
+        ]
+        if n <= 2880:  # VisPruner keeps R x R similarities per row, and the authors' VisPruner loop grows as N^3
+            att = torch.softmax(scores, dim=-1)
+            out_cases += [
+                Case("vispruner_indices", f"B{b} N{n} D{d} k{r}", dt, device,
+                     ours=lambda x=x, a=att, r=r: vispruner_indices(x, r, a),
+                     peers=peers(authors_loop=None if slow_loop else (lambda x=x, a=att, r=r: authors_vispruner(x, r, a)))),
+                Case("holov_indices", f"B{b} N{n} D{d} k{r}", dt, device,
+                     ours=lambda x=x, a=att, r=r: holov_indices(x, r, a),
+                     peers={"authors_loop": lambda x=x, a=att, r=r: authors_holov(x, r, a)}),
+            ]
+        out_cases += [
             Case("topk_indices", f"B{b} N{n} k{r}", "float32", device,
                  ours=lambda s=scores, r=r: restore_ext.topk_indices(s, r),
                  peers={"torch.topk+sort": lambda s=scores, r=r: s.topk(r, dim=1).indices.sort(dim=1).values}),

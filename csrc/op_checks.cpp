@@ -3,6 +3,8 @@
 #include <c10/util/Exception.h>
 #include <cmath>
 
+#include "restore/score_bias.h"
+
 namespace restore {
 namespace {
 
@@ -124,24 +126,13 @@ AttentionShape check_calibrated_attention_args(
   return s;
 }
 
-AttentionBias contiguous_attention_bias(const AttentionShape& s, const std::optional<at::Tensor>& log_size,
-                                        const std::optional<at::Tensor>& q_pos,
-                                        const std::optional<at::Tensor>& k_pos,
-                                        const std::optional<at::Tensor>& table) {
-  AttentionBias b;
-  if (s.has_log_size) {
-    b.log_size = log_size->contiguous();
-    b.log_size_data = b.log_size.const_data_ptr<float>();
-  }
-  if (s.has_positions) {
-    b.q_pos = q_pos->to(at::kLong).contiguous();
-    b.k_pos = k_pos->to(at::kLong).contiguous();
-    b.table = table->contiguous();
-    b.q_pos_data = b.q_pos.const_data_ptr<int64_t>();
-    b.k_pos_data = b.k_pos.const_data_ptr<int64_t>();
-    b.table_data = b.table.const_data_ptr<float>();
-  }
-  return b;
+void check_log_size_values(const at::Tensor& log_size) {
+  const auto values = log_size.accessor<float, 2>();  // any strides; checked shape (B, Lk) float32 on the CPU
+  for (int64_t b = 0; b < values.size(0); ++b)
+    for (int64_t j = 0; j < values.size(1); ++j)
+      TORCH_CHECK(log_size_allowed(values[b][j]),
+                  "calibrated_attention: log_size must hold finite values or -inf (a masked key), got ",
+                  values[b][j], " at log_size[", b, ", ", j, "]");
 }
 
 }  // namespace restore

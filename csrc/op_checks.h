@@ -1,6 +1,7 @@
 #pragma once
 // Input validation shared by the CPU and CUDA bodies of every op, so that both devices reject the same
-// inputs with the same messages (SPEC "Errors"). Host-only: never included by device code.
+// inputs with the same messages (docs/ops.md, Errors). Checks only: data preparation lives with what it
+// prepares (attention_bias_inputs.h). Host-only: never included by device code.
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 #include <optional>
@@ -27,20 +28,8 @@ AttentionShape check_calibrated_attention_args(
     const std::optional<at::Tensor>& k_pos, const std::optional<at::Tensor>& table,
     std::optional<double> scale);
 
-// calibrated_attention's optional bias inputs as the kernels read them: contiguous, positions widened to int64
-// (on the inputs' device, no host sync). The tensors own the memory behind the pointers; absent inputs leave
-// both undefined / null.
-struct AttentionBias {
-  at::Tensor log_size, q_pos, k_pos, table;
-  const float* log_size_data = nullptr;
-  const int64_t* q_pos_data = nullptr;
-  const int64_t* k_pos_data = nullptr;
-  const float* table_data = nullptr;
-};
-
-AttentionBias contiguous_attention_bias(const AttentionShape& s, const std::optional<at::Tensor>& log_size,
-                                        const std::optional<at::Tensor>& q_pos,
-                                        const std::optional<at::Tensor>& k_pos,
-                                        const std::optional<at::Tensor>& table);
+// On the CPU: log_size holds no +inf or NaN (restore::log_size_allowed); reads every value, so the CUDA
+// path checks on the device instead (cuda/calibrated_attention/log_size_check.cu).
+void check_log_size_values(const at::Tensor& log_size);
 
 }  // namespace restore

@@ -1,5 +1,5 @@
 // The one place that declares every op of the `restore` library (bodies: cpu/*.cpp, cuda/*.cu).
-// SPEC.md is the contract of each schema below; restore_ext/reference.py is its executable form.
+// docs/ops.md is the contract of each schema below; restore_ext/reference.py is its executable form.
 #include <torch/library.h>
 
 TORCH_LIBRARY(restore, m) {

@@ -15,7 +15,7 @@ load_library()
 
 from . import ops  # noqa: E402  (registers the fake kernels)
 from .ops import anchor_merge, calibrated_attention, divprune_indices, topk_indices  # noqa: E402
-from .attention_bias import default_inv_freq, distance_bias_table  # noqa: E402
+from .attention_bias import default_inv_freq, distance_bias_table, rope_decay_tables  # noqa: E402
 from .selectors import BASE_SELECTORS, select  # noqa: E402
 from .reduction import Reduced, reduce, restore_reduce  # noqa: E402
 
@@ -31,6 +31,7 @@ __all__ = [
     "divprune_indices",
     "reduce",
     "restore_reduce",
+    "rope_decay_tables",
     "select",
     "topk_indices",
 ]

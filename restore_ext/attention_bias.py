@@ -5,12 +5,14 @@ is the one written-out definition that everything which needs the (B, H, Lq, Lk)
 reference, the tests' same-precision yardstick, the demo's attention probe and the benchmarks' "authors' mask"
 peer.
 
-Multi-axis (M-RoPE) positions are planned (docs/ops.md §4b, §5b): they add a table builder next to
-:func:`distance_bias_table` and a branch of :func:`distance_bias` for (B, L, 3) positions and a (3, T) table;
-:func:`dense_attention_bias` and its callers stay as they are.
+Multi-axis (M-RoPE: Qwen2-VL, Qwen2.5-VL, Qwen3-VL) positions (docs/ops.md §4b, §5b): a token has three position
+ids (t, h, w) and rotary frequency i turns with the id along one axis ``axis_of_freq[i]``. RoPE's decay between a
+query and a key is then ``mean_i cos(|d_{axis(i)}| * inv_freq[i])``, a sum over the axes of each axis' share:
+:func:`rope_decay_tables` tabulates those shares, (3, T), and :func:`distance_bias` reads (B, L, 3) positions
+against such a table.
 """
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -45,6 +47,72 @@ def distance_bias_table(max_distance: int, inv_freq: Tensor) -> Tensor:
     return torch.log(2 - decay).float()
 
 
+NUM_AXES = 3  # t, h, w
+
+
+def _section(mrope_section, fn: str) -> list:
+    sec = list(mrope_section) if isinstance(mrope_section, (list, tuple)) else None
+    if sec is None or len(sec) != NUM_AXES or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in sec):
+        raise ValueError(f"{fn}: mrope_section must be 3 non-negative ints (t, h, w), got {mrope_section!r}")
+    return sec
+
+
+def mrope_axis_of_freq(mrope_section: Sequence[int], num_freqs: int, interleaved: bool) -> Tensor:
+    """(num_freqs,) int64: the axis (0 = t, 1 = h, 2 = w) each rotary frequency turns with.
+
+    ``interleaved=False`` is Qwen2-VL / Qwen2.5-VL: contiguous chunks, the first ``mrope_section[0]`` frequencies
+    t, the next ``mrope_section[1]`` h, the last ``mrope_section[2]`` w (the sections must add up to
+    ``num_freqs``). ``interleaved=True`` is Qwen3-VL: frequency j is h if ``j % 3 == 1 and j < 3 *
+    mrope_section[1]``, w if ``j % 3 == 2 and j < 3 * mrope_section[2]``, t otherwise.
+    """
+    fn = "mrope_axis_of_freq"
+    sec = _section(mrope_section, fn)
+    if not isinstance(num_freqs, int) or isinstance(num_freqs, bool) or num_freqs < 1:
+        raise ValueError(f"{fn}: num_freqs must be a positive int, got {num_freqs!r}")
+    j = torch.arange(num_freqs)
+    if not interleaved:
+        if sum(sec) != num_freqs:
+            raise ValueError(
+                f"{fn}: contiguous sections {sec} must add up to num_freqs = {num_freqs} (head_dim / 2), got {sum(sec)}"
+            )
+        return torch.repeat_interleave(torch.arange(NUM_AXES), torch.tensor(sec))
+    axis = torch.zeros(num_freqs, dtype=torch.long)
+    axis[(j % 3 == 1) & (j < 3 * sec[1])] = 1
+    axis[(j % 3 == 2) & (j < 3 * sec[2])] = 2
+    return axis
+
+
+def rope_decay_tables(max_distance: int, inv_freq: Tensor, axis_of_freq: Tensor) -> Tensor:
+    """(3, max_distance) float32, computed in float64: ``decay[s, d] = (1/F) sum_{i: axis_of_freq[i] = s}
+    cos(d * inv_freq[i])`` with F = ``len(inv_freq)`` (docs/ops.md §4b).
+
+    Summed over s it is the 1-D decay ``mean_i cos(d * inv_freq[i])``; the M-RoPE bias between a query and a
+    key is ``log(2 - sum_s decay[s, min(|q_pos_s - k_pos_s|, T - 1)])``. The result lives on ``inv_freq``'s
+    device.
+    """
+    fn = "rope_decay_tables"
+    length = as_int(max_distance)
+    if length is None or length < 1:
+        raise ValueError(f"{fn}: max_distance must be an int >= 1, got {max_distance!r}")
+    if not isinstance(inv_freq, Tensor) or inv_freq.dim() != 1 or inv_freq.numel() == 0:
+        got = tuple(inv_freq.shape) if isinstance(inv_freq, Tensor) else type(inv_freq).__name__
+        raise ValueError(f"{fn}: inv_freq must be a non-empty 1-D tensor, got {got}")
+    if not inv_freq.is_floating_point():
+        raise ValueError(f"{fn}: inv_freq must be floating point, got {inv_freq.dtype}")
+    if not isinstance(axis_of_freq, Tensor) or axis_of_freq.shape != inv_freq.shape:
+        got = tuple(axis_of_freq.shape) if isinstance(axis_of_freq, Tensor) else type(axis_of_freq).__name__
+        raise ValueError(f"{fn}: axis_of_freq must be a tensor of inv_freq's shape {tuple(inv_freq.shape)}, got {got}")
+    if axis_of_freq.is_floating_point() or axis_of_freq.is_complex() or axis_of_freq.dtype == torch.bool:
+        raise ValueError(f"{fn}: axis_of_freq must be an integer tensor, got {axis_of_freq.dtype}")
+    axis = axis_of_freq.to(inv_freq.device, torch.long)
+    if bool(((axis < 0) | (axis >= NUM_AXES)).any()):
+        raise ValueError(f"{fn}: axis_of_freq values must lie in [0, 3) (t, h, w), got {axis.tolist()}")
+    dist = torch.arange(length, dtype=torch.float64, device=inv_freq.device)
+    cos = torch.cos(torch.outer(dist, inv_freq.double())) / inv_freq.shape[0]  # (T, F)
+    onehot = torch.nn.functional.one_hot(axis, NUM_AXES).double()  # (F, 3)
+    return (cos @ onehot).t().contiguous().float()
+
+
 def causal_visible(lq: int, lk: int, device=None) -> Tensor:
     """(Lq, Lk) bool: query i sees key j iff ``j <= i + Lk - Lq`` (causal aligned to the end, as FlashAttention)."""
     i = torch.arange(lq, device=device)[:, None]
@@ -53,12 +121,23 @@ def causal_visible(lq: int, lk: int, device=None) -> Tensor:
 
 
 def distance_bias(q_pos: Tensor, k_pos: Tensor, table: Tensor) -> Tensor:
-    """(B, Lq, Lk): ``table[clamp(q_pos[b, i] - k_pos[b, j], 0, T-1)]`` for 1-D positions (B, Lq), (B, Lk).
+    """(B, Lq, Lk): the distance term of the bias.
 
-    A key after its query (negative distance) reads table[0]; a distance beyond the table reads its last entry.
+    1-D positions (B, Lq), (B, Lk) with a (T,) table: ``table[clamp(q_pos[b, i] - k_pos[b, j], 0, T-1)]``; a key
+    after its query (negative distance) reads table[0], a distance beyond the table its last entry.
+    Multi-axis positions (B, Lq, S), (B, Lk, S) with an (S, T) table of decay shares (:func:`rope_decay_tables`):
+    ``log(2 - sum_s table[s, min(|q_pos[b, i, s] - k_pos[b, j, s]|, T-1)])``, summed and logged in float64 (the
+    result is float64). The absolute value matters: under M-RoPE an earlier key can have a larger h or w.
     """
-    dist = (q_pos.long()[:, :, None] - k_pos.long()[:, None, :]).clamp(0, table.shape[0] - 1)
-    return table[dist]
+    if table.dim() == 1:
+        dist = (q_pos.long()[:, :, None] - k_pos.long()[:, None, :]).clamp(0, table.shape[0] - 1)
+        return table[dist]
+    last = table.shape[1] - 1
+    decay = 0
+    for s in range(table.shape[0]):
+        dist = (q_pos[..., s].long()[:, :, None] - k_pos[..., s].long()[:, None, :]).abs().clamp_max(last)
+        decay = decay + table[s].double()[dist]
+    return torch.log(2 - decay)
 
 
 def dense_attention_bias(
@@ -72,7 +151,8 @@ def dense_attention_bias(
     """RESTORE's attention bias as a dense matrix (docs/ops.md §5), added to ``scores`` or on its own.
 
     The bias of key j for query i is ``log_size[b, j] + table[clamp(q_pos[b, i] - k_pos[b, j], 0, T-1)]``
-    (each term optional: ``log_size`` (B, Lk), and ``q_pos`` / ``k_pos`` / ``table`` together), and keys the
+    (each term optional: ``log_size`` (B, Lk), and ``q_pos`` / ``k_pos`` / ``table`` together; multi-axis
+    positions (B, L, S) with an (S, T) table take the §5b distance term of :func:`distance_bias`), and keys the
     causal mask hides (``j > i + Lk - Lq``) get -inf.
 
     - ``scores`` (B, H, Lq, Lk) given: returns ``scores + bias`` in scores' dtype (each term converted to it

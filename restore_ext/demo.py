@@ -1,11 +1,12 @@
-"""RESTORE in a LLaVA model, end to end: ``python -m restore_ext.demo`` (``make demo``).
+"""RESTORE in a multimodal model, end to end: ``python -m restore_ext.demo`` (``make demo``).
 
-Without ``--model`` it builds a small LLaVA-shaped model with random weights (CLIP-shaped vision tower at
-336 px / patch 14 -> 576 visual tokens, an 8-layer Llama) and runs one image prompt four ways: the full model,
-pruning alone, pruning + merging without calibration, and RESTORE. It reports the visual tokens before/after,
-prefill time, the attention share on visual tokens at layer 0, the KL divergence of the next-token
-distribution to the full model, and a generated continuation. Random weights make the numbers illustrative
-only (the mechanism is what runs); ``--model PATH`` runs the same on a local LLaVA checkpoint.
+Without ``--model`` it builds a small model with random weights, ``--family llava`` (default: a CLIP-shaped vision
+tower at 336 px / patch 14 and an 8-layer Llama), ``qwen2_5_vl`` or ``qwen3_vl`` (the same width and depth, M-RoPE,
+Qwen3-VL with DeepStack), each with one 576-token image, and runs the prompt four ways: the full model, pruning
+alone, pruning + merging without calibration, and RESTORE. It reports the visual tokens before/after, prefill
+time, the attention share on visual tokens at layer 0, the KL divergence of the next-token distribution to the full
+model, and a generated continuation. Random weights make the numbers illustrative only (the mechanism is what
+runs); ``--model PATH`` runs the same on a local LLaVA, Qwen2.5-VL or Qwen3-VL checkpoint.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 import torch
 
 from restore_ext.attention_bias import dense_attention_bias
+from restore_ext.demo_models import FAMILIES, local_model, random_model, visual_mask
 
 try:
     from tqdm.auto import tqdm
@@ -38,99 +40,68 @@ except ImportError:  # tqdm comes with transformers; a minimal stand-in otherwis
             print(file=sys.stderr)
 
 
-def _random_model(device, dtype):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    vision = CLIPVisionConfig(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, image_size=336,
-        patch_size=14,
-    )
-    text = LlamaConfig(
-        hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
-        vocab_size=4096, max_position_embeddings=4096, pad_token_id=0,
-    )
-    config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=32, vision_feature_layer=-2,
-        vision_feature_select_strategy="default", pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).to(device=device, dtype=dtype).eval()
-    model.generation_config.pad_token_id = 0
-    # LLaVA-1.5's layout: ~35 system tokens, the 576 image placeholders, a ~15-token question.
-    g = torch.Generator().manual_seed(1)
-    system = torch.randint(100, 4096, (35,), generator=g)
-    question = torch.randint(100, 4096, (15,), generator=g)
-    ids = torch.cat([system, torch.full((576,), 32), question])[None]
-    from restore_ext.visualize import CLIP_MEAN, CLIP_STD, sample_image
-
-    # a synthetic scene (flat sky, hills, houses), normalised as LLaVA-1.5's processor does, so the picture of
-    # the reduction shows something a reader can recognise
-    image = torch.from_numpy(sample_image(336)).permute(2, 0, 1)[None].float() / 255
-    pixel_values = (image - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
-    inputs = dict(input_ids=ids.to(device), pixel_values=pixel_values.to(device, dtype))
-    return model, inputs, None
-
-
-def _local_model(path, device, dtype, image_path, question):
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise SystemExit("restore_ext.demo --model needs pillow for the image processor: pip install pillow") from e
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
-    if image_path:
-        image = Image.open(image_path).convert("RGB")
-    else:  # a synthetic picture, so the demo needs no download
-        x = torch.linspace(0, 255, 336)
-        h, w = x[None, :].expand(336, 336), x[:, None].expand(336, 336)
-        rgb = torch.stack([h, w, h.flip(1)], -1)
-        image = Image.fromarray(rgb.to(torch.uint8).numpy())
-    text = f"USER: <image>\n{question} ASSISTANT:"
-    inputs = processor(images=image, text=text, return_tensors="pt").to(device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-    return model, dict(inputs), processor
-
-
 class _Layer0Attention:
-    """Recomputes layer 0's attention probabilities (with RESTORE's bias when present) from its inputs."""
+    """Layer 0's attention probabilities, recomputed from the query and key (after RoPE) that the model's attention
+    module hands its attention function, plus RESTORE's bias when the model is patched. Works for every family: it
+    wraps whatever attention function the text model uses (sdpa, or RESTORE's) for the duration of one forward."""
+
+    NAME = "restore_demo_probe"
 
     def __init__(self, model):
-        self.attn = model.model.language_model.layers[0].self_attn
+        self.model = model
         self.share = None
         self.visual = None  # (B, L) bool, set by the caller for the unreduced model
 
     def __enter__(self):
-        self.handle = self.attn.register_forward_pre_hook(self._hook, with_kwargs=True)
+        from transformers import AttentionInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        self.previous = self.model.config.get_text_config(decoder=True)._attn_implementation
+        delegate = ALL_ATTENTION_FUNCTIONS.get_interface(self.previous, sdpa_attention_forward)
+
+        def probe(module, query, key, value, attention_mask, **kwargs):
+            if getattr(module, "layer_idx", None) == 0:
+                self._record(query, key, kwargs.get("scaling"), kwargs.get("restore_state"))
+            return delegate(module, query, key, value, attention_mask, **kwargs)
+
+        AttentionInterface.register(self.NAME, probe)
+        self.model.set_attn_implementation({"text_config": self.NAME})
         return self
 
     def __exit__(self, *exc):
-        self.handle.remove()
+        self.model.set_attn_implementation({"text_config": self.previous})
 
-    def _hook(self, module, args, kwargs):
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        h = kwargs.get("hidden_states", args[0] if args else None)
-        cos, sin = kwargs["position_embeddings"]
-        b, n, _ = h.shape
-        q = module.q_proj(h).view(b, n, -1, module.head_dim).transpose(1, 2)
-        k = module.k_proj(h).view(b, n, -1, module.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
-        logit = module.scaling * q.float() @ k.float().transpose(-1, -2)
-        state = kwargs.get("restore_state")
+    def _record(self, query, key, scaling, state):
+        q, k = query.float(), key.float().repeat_interleave(query.shape[1] // key.shape[1], 1)
+        scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+        logit = scaling * q @ k.transpose(-1, -2)
         visual = self.visual
         bias_args = (None, None, None, None)
         if state is not None:
-            bias_args = state.attention_bias_args(0)  # (log_size, q_pos, k_pos, table)
+            bias_args = state.attention_bias_args(0)  # (log_size, q_pos, k_pos, table): 1-D or M-RoPE positions
             visual = state.visual
         prob = dense_attention_bias(*bias_args, causal=True, scores=logit).softmax(-1)
         last_visual = int(visual[0].nonzero().max())
         # Share of attention on visual keys, for the text queries after the image, averaged over heads and queries.
         self.share = float(prob[:, :, last_visual + 1:, :][..., visual[0]].sum(-1).mean())
-        return None
+
+
+def _check_attention_kernel(model, device):
+    """Qwen models need calibrated_attention's multi-axis (M-RoPE) form; say so up front when this build lacks it."""
+    from restore_ext.integrations.transformers.adapters import adapter_for
+
+    if adapter_for(model).position_axes == 1:
+        return
+    q = torch.zeros(1, 2, 1, 8, device=device)
+    pos = torch.zeros(1, 2, 3, dtype=torch.long, device=device)
+    try:
+        torch.ops.restore.calibrated_attention(q, q, q, None, pos, pos, torch.zeros(3, 4, device=device), True, None)
+    except RuntimeError as e:
+        raise SystemExit(
+            f"restore_ext.demo: {type(model).__name__} needs calibrated_attention with multi-axis (t, h, w) positions "
+            f"(docs/ops.md §5b), which this build of restore_ext does not have yet ({e})"
+        ) from None
 
 
 def _sync(device):
@@ -140,7 +111,9 @@ def _sync(device):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", help="local LLaVA checkpoint (folder); default: a small random-weight model")
+    ap.add_argument("--model", help="local LLaVA / Qwen2.5-VL / Qwen3-VL checkpoint (folder); default: a small "
+                    "random-weight model of --family")
+    ap.add_argument("--family", default="llava", choices=FAMILIES, help="the random-weight model's family")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) / float16 / bfloat16 (CUDA default)")
     ap.add_argument("--num-tokens", type=int, default=64, help="visual tokens per image after reduction")
@@ -156,12 +129,13 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if args.device == "cpu" else torch.float16)
     print(f"restore_ext demo: building the model on {args.device} ({dtype}) ...", flush=True)
     if args.model:
-        model, inputs, processor = _local_model(args.model, args.device, dtype, args.image, args.question)
+        model, inputs, processor = local_model(args.model, args.device, dtype, args.image, args.question)
     else:
-        model, inputs, processor = _random_model(args.device, dtype)
+        model, inputs, processor = random_model(args.family, args.device, dtype)
+    _check_attention_kernel(model, args.device)
     ids = inputs["input_ids"]
-    image_token = model.config.image_token_id
-    n_visual = int((ids == image_token).sum())
+    visual = visual_mask(model, ids)
+    n_visual = int(visual.sum())
 
     variants = {
         "full model": None,
@@ -181,7 +155,7 @@ def main(argv=None):
                 apply_restore(model, num_tokens=args.num_tokens, **kw)
             try:
                 with _Layer0Attention(model) as probe:
-                    probe.visual = ids == image_token
+                    probe.visual = visual
                     out = model(**inputs)
                 bar.update()
                 results[name] = dict(logits=out.logits[0, -1].float(), length=out.logits.shape[1], share=probe.share)
@@ -219,7 +193,8 @@ def main(argv=None):
     logp_full = full["logits"].log_softmax(-1)
     text_tokens = ids.shape[1] - n_visual
     print()
-    print("RESTORE demo" + (f" — {args.model}" if args.model else " — small LLaVA-shaped model, RANDOM weights"))
+    shape = {"llava": "LLaVA", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}[args.family]
+    print("RESTORE demo" + (f" — {args.model}" if args.model else f" — small {shape}-shaped model, RANDOM weights"))
     if not args.model:
         print("  (random weights: the numbers show the mechanism at work, not the paper's accuracy)")
     after = results["RESTORE"]["length"] - text_tokens
@@ -245,7 +220,8 @@ def main(argv=None):
 
     print(f"  continuation, full model: {show(gen['full model'])}")
     print(f"  continuation, RESTORE:    {show(gen['RESTORE'])}")
-    if args.picture and not hasattr(model.config, "image_grid_pinpoints"):  # LLaVA-NeXT tiles are no one grid
+    # the picture draws LLaVA's one image grid (LLaVA-NeXT tiles and Qwen's patch sequences are not drawn yet)
+    if args.picture and model.config.model_type == "llava":
         from restore_ext.visualize import llava_picture
 
         mean_std = {} if processor is None else dict(mean=processor.image_processor.image_mean,

@@ -114,8 +114,8 @@ def reduce(
 ) -> Reduced:
     """Reduces each row of ``features`` (B, N, D) to ``num_tokens`` tokens the RESTORE way (docs/ops.md §3b).
 
-    The base method ``base`` (see :mod:`restore_ext.selectors`: ``"divprune"``, ``"cls"`` with ``scores``,
-    ``"uniform"``, or a callable) keeps ``R = kept_count(num_tokens, keep_ratio)`` tokens
+    The base method ``base`` (see :mod:`restore_ext.selectors`: ``"divprune"``; ``"cls"``, ``"vispruner"``,
+    ``"holov"`` with ``scores``; ``"uniform"``; or a callable) keeps ``R = kept_count(num_tokens, keep_ratio)`` tokens
     (``floor(num_tokens * keep_ratio + 0.5)``: round half up; the authors use keep_ratio = 0.5). The other
     N - R tokens are merged into ``num_tokens - R`` distinctive anchors with positions preserved
     (:func:`restore_reduce`, docs/ops.md §3, ``rule`` as in anchor_merge).

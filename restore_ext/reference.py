@@ -191,7 +191,8 @@ def calibrated_attention(
     causal: bool = True,
     scale: Optional[float] = None,
 ) -> Tensor:
-    """docs/ops.md §5 with the full (B, H, Lq, Lk) logit matrix in float64 (the bias: dense_attention_bias)."""
+    """docs/ops.md §5 with the full (B, H, Lq, Lk) logit matrix in float64 (the bias: dense_attention_bias); 1-D
+    positions with a (T,) table, or multi-axis positions (B, L, S) with an (S, T) table of decay shares (§5b)."""
     h, dh, hkv = q.shape[2], q.shape[3], k.shape[2]
     scale = 1.0 / math.sqrt(dh) if scale is None else scale
     qd = q.double().transpose(1, 2)  # (B, H, Lq, Dh)
@@ -204,3 +205,173 @@ def calibrated_attention(
     total = weight.sum(-1, keepdim=True)
     prob = torch.where(total > 0, weight / total.clamp_min(1e-300), torch.zeros_like(weight))
     return (prob @ vd).transpose(1, 2).contiguous()
+
+
+def mrope_axis_of_freq(mrope_section, num_freqs: int, interleaved: bool) -> list:
+    """docs/ops.md §4b's axis rule in plain integers: Qwen2.5-VL contiguous chunks (t then h then w), Qwen3-VL
+    interleaved (j % 3 == 1 and j < 3*section[1] -> h, j % 3 == 2 and j < 3*section[2] -> w, else t)."""
+    if not interleaved:
+        return [axis for axis, count in enumerate(mrope_section) for _ in range(count)]
+    axes = []
+    for j in range(num_freqs):
+        if j % 3 == 1 and j < 3 * mrope_section[1]:
+            axes.append(1)
+        elif j % 3 == 2 and j < 3 * mrope_section[2]:
+            axes.append(2)
+        else:
+            axes.append(0)
+    return axes
+
+
+def rope_decay_tables(max_distance: int, inv_freq: Tensor, axis_of_freq) -> Tensor:
+    """docs/ops.md §4b, term by term in float64: decay[s, d] = (1/F) * sum over the frequencies of axis s of
+    cos(d * inv_freq[i]). Returned in float64 (the op rounds to float32)."""
+    f = inv_freq.shape[0]
+    freqs = [float(x) for x in inv_freq.double().cpu()]
+    axes = [int(a) for a in axis_of_freq]
+    out = torch.zeros(3, max_distance, dtype=torch.float64)
+    for d in range(max_distance):
+        for i in range(f):
+            out[axes[i], d] += math.cos(d * freqs[i]) / f
+    return out
+
+
+
+def _descending(values: Tensor) -> list:
+    """Positions of ``values`` (1-D) from highest to lowest; equal values keep their order (lower first)."""
+    return torch.sort(values, descending=True, stable=True).indices.tolist()
+
+
+class VisPrunerRef(NamedTuple):
+    indices: Tensor  # (B, k) int64, ascending
+    margin: Tensor  # (B,) float64: the smallest gap between two similarities whose order decided something
+
+
+def vispruner_selection(features: Tensor, k: int, cls_attention: Tensor) -> VisPrunerRef:
+    """VisPruner as the RESTORE authors' ``encode_images`` runs it, one row and one round at a time, in float64.
+
+    Important tokens: the ``int(k * 0.5)`` highest ``cls_attention``. Residual tokens, in descending attention
+    order, go through rounds of matching until ``k - int(k * 0.5)`` remain: A = even positions, B = odd
+    positions, each A token's score is its highest cosine similarity to a B token (a fresh A x B matmul, as the
+    authors do it), the ``min(8, excess)`` highest-scoring A tokens are dropped and the next order is the kept A
+    tokens by descending score, then B (a round with fewer than ``min(8, excess)`` A tokens drops all of them).
+    Two rules where the authors' code leaves it open: every sort is stable (equal values keep the lower position
+    first; their argsort is unstable), and where their batch indexing raises (an odd residual count, or fewer A
+    tokens than the round wants to drop) the kept tokens are those their slicing ``[:, r:]`` keeps. A zero
+    feature has cosine 0 to everything (theirs gives NaN).
+
+    ``margin`` is, over all rounds, the smallest nonzero gap between adjacent sorted scores whose order matters
+    (the cut between dropped and kept, and the order of the kept), so tests can tell a well-separated input from
+    one where float32 rounding may legitimately decide differently; exact ties (gap 0) follow the rule above.
+    """
+    b, n, _ = features.shape
+    xd = features.double()
+    norm = xd.norm(dim=-1, keepdim=True)
+    unit = xd / torch.where(norm > 0, norm, torch.ones_like(norm))
+    n_imp = int(k * 0.5)
+    n_div = k - n_imp
+    rows, margins = [], []
+    for row in range(b):
+        order = _descending(cls_attention[row].double())
+        important, residual = order[:n_imp], order[n_imp:]
+        margin = math.inf
+        while len(residual) > n_div:
+            r = min(8, len(residual) - n_div)
+            a, bb = residual[0::2], residual[1::2]
+            score = (unit[row, a] @ unit[row, bb].T).amax(dim=1)
+            ranked = _descending(score)
+            gaps = -score[ranked].diff()[r - 1 :]  # the cut after the r dropped, then the kept tokens' order
+            if bool((gaps > 0).any()):
+                margin = min(margin, float(gaps[gaps > 0].min()))
+            residual = [a[i] for i in ranked[r:]] + bb
+        rows.append(sorted(important + residual))
+        margins.append(margin)
+    return VisPrunerRef(
+        torch.tensor(rows, dtype=torch.long, device=features.device).view(b, k),
+        torch.tensor(margins, dtype=torch.float64),
+    )
+
+
+def vispruner_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
+    """The contract of :func:`restore_ext.vispruner.vispruner_indices`: VisPruner's k tokens, ascending."""
+    return vispruner_selection(features, k, cls_attention).indices
+
+
+class HoloVRef(NamedTuple):
+    indices: Tensor  # (B, k) int64, ascending
+    margin: Tensor  # (B,) float64: how close a crop weight came to changing a budget
+
+
+def holov_selection(features: Tensor, k: int, cls_attention: Tensor) -> HoloVRef:
+    """HoloV with index tracking and budget redistribution as the RESTORE authors' ``HoloV_with_Indices`` runs
+    it, one row and one crop at a time, in float64.
+
+    16 contiguous crops (the first ``N % 16`` one token longer, empty ones skipped); per crop of m >= 2 tokens
+    ``f = x / (||x|| + 1e-6)``, ``S = f f^T`` with a zeroed diagonal, ``mu = S.sum(1) / (m - 1)``,
+    ``var = ((S - mu)^2).sum(1) / (m - 1)``, token score ``1e3 a + 0.09 var mean|1e3 a| / (mean|var| + 1e-6)``,
+    crop score its mean (a one-token crop: its attention). Budgets ``floor(w k)`` with
+    ``w = score / (sum + 1e-6)``, the shortfall one each to the highest weights, then up to k passes of
+    clamping to the crop size and giving one each to the highest-weight crops with room, at most the deficit.
+    In each crop its budget of highest-attention tokens. Every ``topk`` here breaks ties towards the lower
+    index (the authors' leaves them unspecified).
+
+    ``margin``: the smallest distance of a ``w * k`` to an integer and the smallest nonzero gap between two
+    weights, so tests can tell where float32 similarities could legitimately change a budget.
+    """
+    b, n, _ = features.shape
+    base, extra = divmod(n, 16)
+    crops, start = [], 0
+    for p in range(16):
+        size = base + (1 if p < extra else 0)
+        if size > 0:
+            crops.append(list(range(start, start + size)))
+        start += size
+    rows, margins = [], []
+    for row in range(b):
+        x, att = features[row].double(), cls_attention[row].double()
+        scores = []
+        for crop in crops:
+            a = att[crop]
+            m = len(crop)
+            if m <= 1:
+                scores.append(float(a.mean()))
+                continue
+            f = x[crop] / (x[crop].norm(dim=1, keepdim=True) + 1e-6)
+            s = (f @ f.T) * (1 - torch.eye(m, dtype=torch.float64, device=x.device))
+            mu = s.sum(dim=1) / (m - 1)
+            var = ((s - mu[:, None]) ** 2).sum(dim=1) / (m - 1)
+            a = a * 1e3
+            var = var * (a.abs().mean() / (var.abs().mean() + 1e-6))
+            scores.append(float((a + 0.09 * var).mean()))
+        total = sum(scores)
+        weights = [s / (total + 1e-6) for s in scores]
+        sizes = [len(c) for c in crops]
+        budget = [math.floor(w * k) for w in weights]
+        by_weight = sorted(range(len(crops)), key=lambda i: (-weights[i], i))
+        for i in by_weight[: max(0, k - sum(budget))]:
+            budget[i] += 1
+        for _ in range(k):
+            budget = [min(u, s) for u, s in zip(budget, sizes)]
+            deficit = k - sum(budget)
+            room = [i for i in by_weight if budget[i] < sizes[i]]
+            if deficit <= 0 or not room:
+                break
+            for i in room[:deficit]:
+                budget[i] += 1
+        kept = []
+        for crop, u in zip(crops, budget):
+            kept += [crop[i] for i in _descending(att[crop])[:u]]
+        rows.append(sorted(kept))
+        near_int = min(abs(w * k - round(w * k)) for w in weights)
+        ws = sorted(weights)
+        gaps = [hi - lo for lo, hi in zip(ws, ws[1:]) if hi > lo]
+        margins.append(min([near_int] + gaps))
+    return HoloVRef(
+        torch.tensor(rows, dtype=torch.long, device=features.device).view(b, k),
+        torch.tensor(margins, dtype=torch.float64),
+    )
+
+
+def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
+    """The contract of :func:`restore_ext.holov.holov_indices`: HoloV's k tokens, ascending."""
+    return holov_selection(features, k, cls_attention).indices

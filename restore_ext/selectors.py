@@ -10,6 +10,12 @@ and in ascending order per row. Registered names (:data:`BASE_SELECTORS`):
 - ``"cls"``: the k tokens with the highest user-given ``scores`` (B, N), e.g. the [CLS] token's attention to
   each patch in the vision tower's penultimate layer, as VisionZip and VisPruner keep their dominant tokens
   (:func:`restore_ext.ops.topk_indices`: ties to the lower index, NaN lowest).
+- ``"vispruner"``: VisPruner (Zhang et al., ICCV 2025) as the RESTORE authors run it: the k // 2 tokens with the
+  highest ``scores`` ([CLS] attention), the rest by VisPruner's iterative duplicate removal
+  (:func:`restore_ext.vispruner.vispruner_indices`).
+- ``"holov"``: HoloV (Zou et al., NeurIPS 2025) with index tracking and budget redistribution as the authors
+  run it: 16 contiguous crops get budgets from attention and similarity variance, each keeps its
+  highest-attention tokens (:func:`restore_ext.holov.holov_indices`; ``scores`` must be >= 0).
 - ``"uniform"``: the centre of each of k equal bins of the image order,
   ``index_i = floor((2 i + 1) N / (2 k))`` for i = 0 .. k-1 (:func:`uniform_indices`). Consecutive indices
   differ by N/k >= 1 before flooring, so they are distinct and ascending; k = N gives 0 .. N-1.
@@ -23,7 +29,9 @@ import torch
 from torch import Tensor
 
 from . import ops
+from .holov import holov_indices
 from .validation import as_int, check_features
+from .vispruner import vispruner_indices
 
 Selector = Callable[[Tensor, int], Tensor]
 
@@ -52,6 +60,18 @@ def _cls(features: Tensor, k: int, scores: Optional[Tensor]) -> Tensor:
     return ops.topk_indices(scores, k)
 
 
+def _needs_scores(name: str, selector: Callable[[Tensor, int, Tensor], Tensor]):
+    def run(features: Tensor, k: int, scores: Optional[Tensor]) -> Tensor:
+        if scores is None:
+            raise ValueError(
+                f'select: base="{name}" needs scores (B, N): the [CLS] attention each token receives '
+                "(restore_ext.cls_attention captures it from a vision tower); got scores=None"
+            )
+        return selector(features, k, scores)
+
+    return run
+
+
 def _uniform(features: Tensor, k: int, scores: Optional[Tensor]) -> Tensor:
     b, n = features.shape[0], features.shape[1]
     return uniform_indices(n, k, features.device).expand(b, k).contiguous()
@@ -61,6 +81,8 @@ BASE_SELECTORS: Dict[str, Callable[[Tensor, int, Optional[Tensor]], Tensor]] = {
     "divprune": _divprune,
     "cls": _cls,
     "uniform": _uniform,
+    "vispruner": _needs_scores("vispruner", vispruner_indices),
+    "holov": _needs_scores("holov", holov_indices),
 }
 
 
@@ -88,9 +110,10 @@ def select(
 ) -> Tensor:
     """The ``k`` tokens of each row of ``features`` (B, N, D) that the base method keeps.
 
-    ``base`` is a name of :data:`BASE_SELECTORS` (``"divprune"``, ``"cls"``, ``"uniform"``; see the module
-    docstring for each one's exact rule) or a callable ``base(features, k) -> (B, k)`` indices. ``scores``
-    (B, N) is needed by ``"cls"`` only. Returns (B, k) int64, distinct and ascending per row.
+    ``base`` is a name of :data:`BASE_SELECTORS` (``"divprune"``, ``"cls"``, ``"vispruner"``, ``"holov"``,
+    ``"uniform"``; see the module docstring for each one's exact rule) or a callable
+    ``base(features, k) -> (B, k)`` indices. ``scores`` (B, N) is needed by ``"cls"``, ``"vispruner"`` and
+    ``"holov"``. Returns (B, k) int64, distinct and ascending per row.
     """
     check_features("select", features)
     b, n = features.shape[0], features.shape[1]

@@ -2,6 +2,7 @@
 its eager yardstick, and the decision-margin checks that let discrete results (anchors, DivPrune picks) be
 compared exactly with the float64 reference. Test modules import these from here, never from each other."""
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,10 @@ import torch
 import restore_ext  # noqa: F401  (registers torch.ops.restore.*)
 from restore_ext import reference
 from restore_ext.attention_bias import dense_attention_bias
+
+# tests/vllm/ needs vLLM's own virtual environment (`make test-vllm` sets RESTORE_TEST_VLLM=1); the main run never
+# collects it, so it never imports vllm.
+collect_ignore = [] if os.environ.get("RESTORE_TEST_VLLM") == "1" else ["vllm"]
 
 HAS_CUDA = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -4,12 +4,13 @@ shared memory and PTX fragment layouts emulated): catches indexing bugs where no
 - emulate_fwd_kernel: the tensor-core calibrated_attention kernel (fwd_kernel.h) against float64, with
   cp.async copies landing at issue or only at the wait that covers them (a missing wait shows), and every
   cp.async / ldmatrix checked for shared-memory races between barriers (a missing __syncthreads shows).
-- emulate_attention_kernels: the SIMT attention kernel (simt_kernel.h) against float64 and the
-  flash-decoding combine (combine_kernel.h) against the same merge in float64.
+- emulate_attention_kernels: the SIMT attention kernel (simt_kernel.h) against float64, the
+  flash-decoding combine (combine_kernel.h) against the same merge in float64, and the device-side log_size
+  check (log_size_check_kernel.h) against a host scan.
 - emulate_reduction_kernels: the radix-select top-k (block_topk.cuh), the fused tiled similarity row
   reduction (similarity_tiles.cuh), DivPrune's cooperative greedy kernel (divprune_greedy.cuh, every
   block at once with grid.sync()) and the whole anchor_merge pipeline (anchor_merge_kernels.cuh, launched as
-  anchor_merge_cuda.cu does) against host loops and SPEC §2 in float64.
+  anchor_merge_cuda.cu does) against host loops and docs/ops.md §2 in float64.
 
 Where g++ can link ThreadSanitizer, the kernels whose threads share plain __shared__ arrays run under it
 (the tensor-core one at one head dim): the emulated __syncthreads is a real barrier, so a missing one is a
@@ -109,6 +110,10 @@ def test_emulated_attention_kernel_under_tsan(fwd_emulator_tsan):
 @pytest.mark.parametrize("kernel", ["simt", "combine"])
 def test_emulated_simt_and_combine_kernels_match_float64(attention_emulator, kernel):
     run_emulator(attention_emulator, kernel)
+
+
+def test_emulated_log_size_check_asserts_exactly_on_inf_and_nan(attention_emulator):
+    run_emulator(attention_emulator, "log_size_check")
 
 
 @pytest.mark.parametrize("kernel", ["topk", "similarity", "anchor_merge"])

@@ -9,7 +9,7 @@ from conftest import DEVICES
 
 
 def test_registry_names():
-    assert sorted(BASE_SELECTORS) == ["cls", "divprune", "uniform"]
+    assert sorted(BASE_SELECTORS) == ["cls", "divprune", "holov", "uniform", "vispruner"]
 
 
 @pytest.mark.parametrize("n,k", [(1, 1), (2, 1), (7, 3), (576, 64), (576, 192), (576, 576), (2880, 100), (10, 9)])

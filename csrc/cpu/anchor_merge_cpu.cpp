@@ -1,4 +1,4 @@
-// Distinctive anchor merging on the CPU (SPEC §2). The N x N similarity is never held whole: density is
+// Distinctive anchor merging on the CPU (docs/ops.md §2). The N x N similarity is never held whole: density is
 // one matrix-vector product (sum_j sim[i,j] = xn_i . sum_j xn_j), and the two passes that need pairwise
 // similarities (nearest better token, token -> anchor) stream it in tiles through BLAS.
 #include <ATen/ATen.h>
@@ -21,7 +21,7 @@ namespace {
 // Rows per similarity tile: about 16 MiB of float32 scores, whatever N is.
 int64_t tile_rows(int64_t n_cols) { return std::max<int64_t>(1, std::min<int64_t>(n_cols, (int64_t{1} << 22) / n_cols)); }
 
-// nearest[i] = max over better j of sim[i, j], or 0 where no j is better (SPEC §2 step 4).
+// nearest[i] = max over better j of sim[i, j], or 0 where no j is better (docs/ops.md §2 step 4).
 std::vector<float> nearest_better_similarity(const at::Tensor& xn, const std::vector<float>& density,
                                             AnchorRule rule) {
   std::vector<float> nearest = masked_similarity_row_max(
@@ -57,7 +57,10 @@ void assign_to_anchors(const at::Tensor& xn, const int64_t* anchors, int64_t num
   for (int64_t a = 0; a < num_anchors; ++a) assign[anchors[a]] = a;
 }
 
-// Per-slot member counts and plain mean of x, accumulated in float32.
+// Per-slot member counts and plain mean of x (docs/ops.md §2 step 8), accumulated in float64 in ascending token
+// order: a float32 sum overflows to inf for features near the float32 limit (~3e38) although their mean is
+// finite, and float64 holds any sum of float32 values exactly enough to round the mean as the reference does.
+// The CUDA segmented_mean_kernel computes the same sum and division.
 void mean_per_slot(const at::Tensor& xf, const int64_t* assign, int64_t num_slots, int64_t* size,
                    at::Tensor merged_row) {
   const int64_t n = xf.size(0), d = xf.size(1);
@@ -67,18 +70,19 @@ void mean_per_slot(const at::Tensor& xf, const int64_t* assign, int64_t num_slot
   std::vector<int64_t> fill(start.begin(), start.end() - 1);
   for (int64_t i = 0; i < n; ++i) members[fill[assign[i]]++] = i;
 
-  at::Tensor mean = at::zeros({num_slots, d}, xf.options());
+  at::Tensor mean = at::empty({num_slots, d}, xf.options());
   const float* x = xf.const_data_ptr<float>();
   float* out = mean.data_ptr<float>();
   at::parallel_for(0, num_slots, std::max<int64_t>(1, 4096 / (d * (n / num_slots + 1))), [&](int64_t a0, int64_t a1) {
+    std::vector<double> acc(d);
     for (int64_t a = a0; a < a1; ++a) {
-      float* acc = out + a * d;
+      std::fill(acc.begin(), acc.end(), 0.0);
       for (int64_t m = start[a]; m < start[a + 1]; ++m) {
         const float* row = x + members[m] * d;
         for (int64_t c = 0; c < d; ++c) acc[c] += row[c];
       }
-      const float inv = 1.f / float(start[a + 1] - start[a]);
-      for (int64_t c = 0; c < d; ++c) acc[c] *= inv;
+      const double count = double(start[a + 1] - start[a]);
+      for (int64_t c = 0; c < d; ++c) out[a * d + c] = static_cast<float>(acc[c] / count);
       size[a] = start[a + 1] - start[a];
     }
   });

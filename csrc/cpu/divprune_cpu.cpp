@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "cpu/blas_gemm.h"
+#include "cpu/fixed_order_sum.h"
 #include "cpu/symmetric_tiles.h"
-#include "cpu/row_reductions.h"
 #include "op_checks.h"
 #include "restore/divprune_math.h"
 

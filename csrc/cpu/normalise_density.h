@@ -1,5 +1,5 @@
 #pragma once
-// SPEC §2 steps 1-2 for one batch row, in the CUDA kernel's three steps: float64 norms, column sums and
+// docs/ops.md §2 steps 1-2 for one batch row, in the CUDA kernel's three steps: float64 norms, column sums and
 // density (sum_j sim[i, j] = xn_i . sum_j xn_j, O(N * D)), xn and density rounded to float32 at the end so
 // values equal in exact arithmetic (N = 2, mirrored tokens) compare equal. Parallel passes over x rather
 // than float64 tensor copies of it.
@@ -10,18 +10,9 @@
 #include <cstdint>
 #include <vector>
 
-namespace restore {
+#include "cpu/fixed_order_sum.h"
 
-// sum_c f(c) in float64 over 8 independent lanes (a fixed order that the compiler can vectorise).
-template <typename Term>
-double sum_8_lanes(int64_t d, Term term) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t c = 0;
-  for (; c + 8 <= d; c += 8)
-    for (int l = 0; l < 8; ++l) acc[l] += term(c + l);
-  for (int l = 0; c + l < d; ++l) acc[l] += term(c + l);
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
+namespace restore {
 
 // x: (n, d) row-major float32. Writes xn (n, d) and density (n).
 inline void normalise_and_density(const float* x, int64_t n, int64_t d, float* xn, float* density) {
@@ -31,7 +22,7 @@ inline void normalise_and_density(const float* x, int64_t n, int64_t d, float* x
   at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const float* row = x + i * d;
-      const double sq = sum_8_lanes(d, [&](int64_t c) { return double(row[c]) * row[c]; });
+      const double sq = sum_8_lanes<double>(d, [&](int64_t c) { return double(row[c]) * row[c]; });
       const double r = 1.0 / std::max(std::sqrt(sq), 1e-12);
       inv[i] = r;
       for (int64_t c = 0; c < d; ++c) xn[i * d + c] = static_cast<float>(row[c] * r);
@@ -48,7 +39,7 @@ inline void normalise_and_density(const float* x, int64_t n, int64_t d, float* x
   at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const float* row = x + i * d;
-      density[i] = static_cast<float>(inv[i] * sum_8_lanes(d, [&](int64_t c) { return row[c] * colsum[c]; }));
+      density[i] = static_cast<float>(inv[i] * sum_8_lanes<double>(d, [&](int64_t c) { return row[c] * colsum[c]; }));
     }
   });
 }

@@ -55,17 +55,12 @@ constexpr int64_t kLanes = 16;
 
 RESTORE_CPU_CLONES
 float add_bias_and_max(float* row, int64_t n, int64_t visible, const float* log_size, const int64_t* k_pos,
-                       int64_t q_pos, const float* table, int64_t table_len) {
+                       int64_t q_pos, const DistanceBias& position) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  if (table != nullptr) {
-    const int64_t last = table_len - 1;
-    for (int64_t c = 0; c < visible; ++c) {
-      // Same clamp as restore::distance_index, in a form the vectoriser accepts (positions from real
-      // sequences are far from int64 overflow; the scalar helper guards that for the other paths).
-      int64_t d = q_pos - k_pos[c];
-      d = d < 0 ? 0 : (d > last ? last : d);
-      row[c] += log_size[c] + table[d];
-    }
+  if (position.enabled()) {
+    // The bias step of every kernel (restore/score_bias.h): the same saturating distance as on the GPU.
+    const DistanceBias bias = position;
+    for (int64_t c = 0; c < visible; ++c) row[c] += log_size[c] + bias(q_pos, k_pos[c]);
   } else if (log_size != nullptr) {
     for (int64_t c = 0; c < visible; ++c) row[c] += log_size[c];
   }

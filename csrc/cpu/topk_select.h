@@ -1,5 +1,5 @@
 #pragma once
-// Top-k by the SPEC §1 ranking, for the CPU kernels (topk_indices and anchor selection).
+// Top-k by the docs/ops.md §1 ranking, for the CPU kernels (topk_indices and anchor selection).
 #include <algorithm>
 #include <cstdint>
 #include <numeric>

@@ -1,8 +1,8 @@
-// anchor_merge on the GPU (SPEC §2), a handful of launches on the current stream and no host sync:
+// anchor_merge on the GPU (docs/ops.md §2), a handful of launches on the current stream and no host sync:
 //   normalise, column sums and density_i = xn_i . sum_j xn_j in float64, density rounded to float32 (as the
 //   CPU kernel and the reference) -> nearest better similarity (fused tiled kernel, never N x N) -> top-K of
 //   the float32-rounded score by radix select (one block per row) -> token -> anchor argmax (fused tiled
-//   kernel) -> per-slot sizes and float32 segmented means.
+//   kernel) -> per-slot sizes and segmented means (float64 sums).
 // The ranking, the better-rule and the score formula are restore/topk_order.h and restore/anchor_math.h,
 // the very code the CPU kernel runs.
 #include <ATen/ATen.h>
@@ -85,11 +85,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> anchor_merge_cuda(con
   return {merged, size, assign, anchors};
 }
 
-at::Tensor divprune_indices_cuda(const at::Tensor& x, int64_t k);  // divprune_cuda.cu
-
-TORCH_LIBRARY_IMPL(restore, CUDA, m) {
-  m.impl("anchor_merge", &anchor_merge_cuda);
-  m.impl("divprune_indices", &divprune_indices_cuda);
-}
+TORCH_LIBRARY_IMPL(restore, CUDA, m) { m.impl("anchor_merge", &anchor_merge_cuda); }
 
 }  // namespace restore

@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(kDensityThreads)
   colsum[b * d + c] = acc;
 }
 
-// density[b, i] = float(inv_norm[b, i] * sum_c x[b, i, c] * colsum[b, c]): SPEC §2 step 2 via
+// density[b, i] = float(inv_norm[b, i] * sum_c x[b, i, c] * colsum[b, c]): docs/ops.md §2 step 2 via
 // sum_j sim[i, j] = xn_i . sum_j xn_j, O(N * D). One warp per token.
 __global__ void __launch_bounds__(kDensityThreads)
     density_kernel(const float* __restrict__ xf, const double* __restrict__ inv_norm, const double* __restrict__ colsum,
@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(kDensityThreads)
   if (lane == 0) density[token] = static_cast<float>(inv_norm[token] * acc);
 }
 
-// SPEC §2 step 4: nearest[i] = max over better j of sim[i, j], 0 where no j is better.
+// docs/ops.md §2 step 4: nearest[i] = max over better j of sim[i, j], 0 where no j is better.
 struct NearestBetterEpilogue {
   using State = float;
   const float* density;  // (B, N)
@@ -84,7 +84,7 @@ struct NearestBetterEpilogue {
   __device__ void finish(int64_t b, int64_t i, State s) const { nearest[b * n + i] = s == -INFINITY ? 0.f : s; }
 };
 
-// SPEC §2 step 7: assign[i] = argmax_s sim[i, anchors[s]], ties to the lower slot.
+// docs/ops.md §2 step 7: assign[i] = argmax_s sim[i, anchors[s]], ties to the lower slot.
 struct AssignEpilogue {
   using State = ArgmaxState;
   int64_t n;
@@ -108,7 +108,7 @@ __device__ __forceinline__ uint32_t anchor_key(const float* density, const float
       distinctive_score(static_cast<double>(density[i]), static_cast<double>(nearest[i]))));
 }
 
-// SPEC §2 step 6, one block per row, on the float32-rounded score the CPU ranks.
+// docs/ops.md §2 step 6, one block per row, on the float32-rounded score the CPU ranks.
 __global__ void __launch_bounds__(kTopkThreads)
     anchor_topk_kernel(const float* __restrict__ density, const float* __restrict__ nearest, int64_t n,
                        int64_t k, int64_t* __restrict__ anchors) {
@@ -118,9 +118,10 @@ __global__ void __launch_bounds__(kTopkThreads)
                                      anchors + static_cast<int64_t>(blockIdx.x) * k);
 }
 
-// SPEC §2 step 8: merged[b, s] = mean of x over slot s, float32 accumulation in ascending token order
-// (deterministic). `members` (B, N) lists each row's tokens sorted by slot, `start` (B, K) where each slot's
-// run begins. Grid (K, B, ceil(D / kMeanThreads)).
+// docs/ops.md §2 step 8: merged[b, s] = mean of x over slot s, summed in float64 in ascending token order
+// (deterministic, and no overflow to inf for features near the float32 limit), divided in float64, rounded to
+// float32 -- the CPU kernel's mean_per_slot. `members` (B, N) lists each row's tokens sorted by slot, `start`
+// (B, K) where each slot's run begins. Grid (K, B, ceil(D / kMeanThreads)).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kMeanThreads)
     segmented_mean_kernel(const float* __restrict__ xf, const int64_t* __restrict__ members,
@@ -132,9 +133,9 @@ __global__ void __launch_bounds__(kMeanThreads)
   const int64_t first = start[b * k + slot], count = size[b * k + slot];
   const int64_t* mem = members + b * n + first;
   const float* x = xf + b * n * d + c;
-  float acc = 0.f;
-  for (int64_t m = 0; m < count; ++m) acc += x[mem[m] * d];
-  merged[(b * k + slot) * d + c] = static_cast<scalar_t>(acc * (1.f / static_cast<float>(count)));  // as the CPU
+  double acc = 0.0;
+  for (int64_t m = 0; m < count; ++m) acc += static_cast<double>(x[mem[m] * d]);
+  merged[(b * k + slot) * d + c] = static_cast<scalar_t>(static_cast<float>(acc / static_cast<double>(count)));
 }
 
 }  // namespace restore::anchor_kernels

@@ -1,5 +1,5 @@
 #pragma once
-// Top-k of one row by one thread block, in the SPEC §1 ranking (restore/topk_order.h keys): an 8-bit-digit
+// Top-k of one row by one thread block, in the docs/ops.md §1 ranking (restore/topk_order.h keys): an 8-bit-digit
 // radix select finds the k-th best key, then a pass in index order emits every key above it and the
 // lowest-index keys equal to it, which gives ascending output and ties to the lower index for free.
 // Used by topk_indices and by anchor_merge's anchor choice.

@@ -1,4 +1,4 @@
-// calibrated_attention on the GPU (SPEC §5): checks, bias inputs in the kernels' layout, and the choice of
+// calibrated_attention on the GPU (docs/ops.md §5): checks, bias inputs in the kernels' layout, and the choice of
 // kernel. float16/bfloat16 with head dim 64, 96, 128 or 256 on sm_80+ run the tensor-core kernel
 // (calibrated_attention/fwd_kernel.h, flash-decoding splits when Lq <= 16); everything else up to head
 // dim 256 runs the SIMT kernel (calibrated_attention/simt_attention.cu).
@@ -16,6 +16,7 @@
 #include <optional>
 
 #include "cuda/calibrated_attention/attention_params.h"
+#include "attention_bias_inputs.h"
 #include "op_checks.h"
 
 namespace restore {
@@ -90,6 +91,7 @@ at::Tensor calibrated_attention_cuda(const at::Tensor& q_in, const at::Tensor& k
   if (s.has_positions) p.table_len = s.table_len;
 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (s.has_log_size) attention::check_log_size_on_device(p.log_size, s.batch * s.lk, stream);
   bool done = false;
   if (q.scalar_type() == at::kHalf) done = run_tensor_core<__half>(s.head_dim, p, stream);
   if (q.scalar_type() == at::kBFloat16) done = run_tensor_core<__nv_bfloat16>(s.head_dim, p, stream);

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
 
 #include "cuda/divprune_greedy.cuh"
 #include "cuda/similarity_tiles.cuh"
@@ -91,5 +92,7 @@ at::Tensor divprune_indices_cuda(const at::Tensor& x, int64_t k) {
   }
   return std::get<0>(at::sort(order, /*stable=*/false, /*dim=*/1));
 }
+
+TORCH_LIBRARY_IMPL(restore, CUDA, m) { m.impl("divprune_indices", &divprune_indices_cuda); }
 
 }  // namespace restore

@@ -1,4 +1,4 @@
-// topk_indices on the GPU (SPEC §1): one thread block per row (cuda/block_topk.cuh), one launch for the
+// topk_indices on the GPU (docs/ops.md §1): one thread block per row (cuda/block_topk.cuh), one launch for the
 // batch; the keys of restore/topk_order.h make NaN and -0.0 rank exactly as on the CPU.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>

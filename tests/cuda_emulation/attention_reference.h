@@ -1,11 +1,27 @@
 #pragma once
-// SPEC §5 in float64, read through an AttentionParams: what every emulated attention kernel must produce.
+// docs/ops.md §5 in float64, read through an AttentionParams: what every emulated attention kernel must
+// produce. Written without the kernels' shared steps (restore/causal_mask.h, score_bias.h), so a bug there
+// shows as a mismatch instead of being reproduced by the reference.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "cuda/calibrated_attention/attention_params.h"
-#include "restore/attention_math.h"
+
+// table index clamp(q_pos - k_pos, 0, T-1) in 128-bit arithmetic: exact for any int64 positions.
+inline int64_t reference_distance_index(int64_t q_pos, int64_t k_pos, int64_t table_len) {
+  const __int128 d = static_cast<__int128>(q_pos) - static_cast<__int128>(k_pos);
+  return static_cast<int64_t>(std::clamp<__int128>(d, 0, table_len - 1));
+}
+
+// Positions at the ends of int64 (the distance must saturate, not wrap): queries near INT64_MAX, keys near
+// INT64_MIN, a few at INT64_MAX (later than every query: distance 0) and a few ordinary ones.
+inline void set_extreme_positions(std::vector<int64_t>& q_pos, std::vector<int64_t>& k_pos) {
+  const int64_t hi = INT64_MAX, lo = INT64_MIN;
+  for (size_t i = 0; i < q_pos.size(); ++i) q_pos[i] = i % 5 == 4 ? int64_t(i) : hi - int64_t(i % 7);
+  for (size_t j = 0; j < k_pos.size(); ++j) k_pos[j] = j % 3 == 0 ? lo + int64_t(j) : (j % 3 == 1 ? hi : -int64_t(j));
+}
 
 // Returns out[((b * Lq + i) * H + h) * Dh + d]; E is the element type of q, k and v.
 template <typename E>
@@ -29,9 +45,9 @@ std::vector<double> reference_attention(const restore::attention::AttentionParam
           x *= double(p.scale);
           if (p.log_size) x += p.log_size[int64_t(b) * p.lk + j];
           if (p.q_pos)
-            x += p.table[restore::distance_index(p.q_pos[int64_t(b) * p.lq + i], p.k_pos[int64_t(b) * p.lk + j],
-                                                 p.table_len)];
-          if (!restore::key_visible(i, j, p.lq, p.lk, p.causal)) x = -INFINITY;
+            x += p.table[reference_distance_index(p.q_pos[int64_t(b) * p.lq + i], p.k_pos[int64_t(b) * p.lk + j],
+                                                  p.table_len)];
+          if (p.causal && j > i + p.lk - p.lq) x = -INFINITY;  // query i sees keys j <= i + Lk - Lq
           w[j] = x, m = std::max(m, x);
         }
         for (auto& x : w) total += x = std::exp(x - (std::isfinite(m) ? m : 0));

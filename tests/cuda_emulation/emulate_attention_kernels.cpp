@@ -1,9 +1,19 @@
-// Runs the other two calibrated_attention kernels on the CPU (emulated_cuda.h): the SIMT kernel
-// (simt_kernel.h: float32, and head dims or devices without the tensor-core path) against the float64
-// reference, and the flash-decoding combine (combine_kernel.h) against the same merge done in float64.
-// Usage: emulate_attention_kernels [simt|combine]; exit status 1 if any case is off.
+// Runs the other calibrated_attention kernels on the CPU (emulated_cuda.h): the SIMT kernel (simt_kernel.h:
+// float32, and head dims or devices without the tensor-core path) against the float64 reference, the
+// flash-decoding combine (combine_kernel.h) against the same merge done in float64, and the device-side
+// log_size check (log_size_check_kernel.h) against a host scan.
+// Usage: emulate_attention_kernels [simt|combine|log_size_check]; exit status 1 if any case is off.
 #define __shared__ static  // one object per kernel instantiation: what the threads of a block share
 #include "cuda/calibrated_attention/sm80_ptx.h"
+
+#include <atomic>
+// The device assert, counted instead of aborting.
+namespace emu {
+inline std::atomic<int> device_asserts{0};
+}
+#define RESTORE_DEVICE_ASSERT(cond, msg) \
+  if (!(cond)) ++emu::device_asserts
+#include "cuda/calibrated_attention/log_size_check_kernel.h"
 
 #include "cuda/calibrated_attention/combine_kernel.h"
 #include "cuda/calibrated_attention/simt_kernel.h"
@@ -19,6 +29,8 @@ struct SimtCase {
   int B, Lq, Lk, H, Hkv, D;
   bool causal, bias, bhld_q;
   int T;
+  char expanded = 0;  // 'k' or 'v': that tensor has stride 0 along L (expand()), every row is row 0
+  bool extreme_pos = false;  // positions near INT64_MAX / INT64_MIN: the distance index must saturate
 };
 
 template <typename E>
@@ -39,6 +51,7 @@ double simt_case(const SimtCase& c, uint32_t seed) {
     for (int j = 0; j < c.Lk; ++j) kp[b * c.Lk + j] = j / 2 + (j > c.Lk / 2 ? 7 : 0);
     for (int i = 0; i < c.Lq; ++i) qp[b * c.Lq + i] = (c.Lk - c.Lq + i) / 2 + 9;
   }
+  if (c.extreme_pos) set_extreme_positions(qp, kp);
   std::vector<E> out(size_t(c.B) * c.Lq * c.H * c.D, E(123.f));
 
   AttentionParams p{};
@@ -51,6 +64,8 @@ double simt_case(const SimtCase& c, uint32_t seed) {
   p.k_batch_stride = p.v_batch_stride = int64_t(c.Lk) * c.Hkv * c.D;
   p.k_row_stride = p.v_row_stride = int64_t(c.Hkv) * c.D;
   p.k_head_stride = p.v_head_stride = c.D;
+  if (c.expanded == 'k') p.k_row_stride = 0;
+  if (c.expanded == 'v') p.v_row_stride = 0;
   if (c.bias) p.log_size = ls.data(), p.q_pos = qp.data(), p.k_pos = kp.data(), p.table = table.data(), p.table_len = c.T;
   p.batch = c.B, p.lq = c.Lq, p.lk = c.Lk, p.heads = c.H, p.kv_heads = c.Hkv, p.head_dim = c.D;
   p.scale = 1.f / std::sqrt(float(c.D));
@@ -72,6 +87,8 @@ int simt_sweep(const char* name, double tol) {
       {1, 1, 33, 8, 2, 128, true, true, false, 64}, // decode
       {1, 5, 6, 2, 1, 256, false, true, true, 8},   // the largest head dim
       {1, 6, 6, 1, 1, 8, true, true, false, 3},     // Dh below a warp
+      {2, 9, 21, 4, 2, 64, true, true, false, 8, 'k', true},  // expanded K, extreme positions
+      {1, 7, 12, 2, 1, 40, false, true, true, 8, 'v'},        // expanded V
   };
   int bad = 0;
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -122,6 +139,31 @@ int combine_sweep(const char* name, double tol) {
   return bad;
 }
 
+// Finite values and -inf pass; exactly the +inf and the NaN assert, wherever they sit (grid-stride over a grid
+// smaller than the data).
+int log_size_check_cases() {
+  int bad = 0;
+  for (const int64_t count : {int64_t(1), int64_t(255), int64_t(1000), int64_t(5000)})
+    for (const unsigned blocks : {1u, 3u}) {
+      std::vector<float> ls(count);
+      for (int64_t t = 0; t < count; ++t) ls[t] = t % 5 == 0 ? -INFINITY : 0.25f * float(t % 11) - 1.f;
+      auto asserts = [&] {
+        emu::device_asserts = 0;
+        emu::launch(dim3(blocks), kLogSizeCheckThreads, [&] { log_size_check_kernel(ls.data(), count); });
+        return emu::device_asserts.load();
+      };
+      const int clean = asserts();
+      ls[count - 1] = INFINITY;
+      ls[count / 3] = NAN;
+      const int poisoned = asserts(), want = count / 3 == count - 1 ? 1 : 2;
+      const bool ok = clean == 0 && poisoned == want;
+      std::printf("log_size check count %ld, %u blocks: %d asserts when clean, %d of %d with +inf/NaN%s\n",
+                  long(count), blocks, clean, poisoned, want, ok ? "" : "  <-- wrong");
+      bad += !ok;
+    }
+  return bad;
+}
+
 int main(int argc, char** argv) {
   const std::string which = argc > 1 ? argv[1] : "";
   int bad = 0;
@@ -129,5 +171,6 @@ int main(int argc, char** argv) {
     bad += simt_sweep<float>("fp32", 1e-5) + simt_sweep<__half>("fp16", 5e-3) + simt_sweep<__nv_bfloat16>("bf16", 3e-2);
   // Outputs are |x| <~ 3: half of an fp16/bf16 ulp there, plus float32 accumulation.
   if (which.empty() || which == "combine") bad += combine_sweep<__half>("fp16", 2e-3) + combine_sweep<__nv_bfloat16>("bf16", 1.6e-2);
+  if (which.empty() || which == "log_size_check") bad += log_size_check_cases();
   return bad ? 1 : 0;
 }

@@ -33,6 +33,8 @@ struct Case {
   bool masked_tile, bhld_q;
   int T;
   bool pack_gqa;
+  char expanded = 0;  // 'k' or 'v': that tensor has stride 0 along L (expand()), every row is row 0
+  bool extreme_pos = false;  // positions near INT64_MAX / INT64_MIN: the distance index must saturate
 };
 
 template <int D, typename E>
@@ -57,6 +59,7 @@ double run_case(const Case& c, uint32_t seed) {
     for (int j = 0; j < Lk; ++j) kp[b * Lk + j] = j / 2 + (j > Lk / 2 ? 7 : 0);
     for (int i = 0; i < Lq; ++i) qp[b * Lq + i] = (Lk - Lq + i) / 2 + 9;
   }
+  if (c.extreme_pos) set_extreme_positions(qp, kp);
   std::vector<E> out(size_t(B) * Lq * H * D, E(123.f));
 
   AttentionParams p{};
@@ -69,6 +72,8 @@ double run_case(const Case& c, uint32_t seed) {
   p.k_batch_stride = p.v_batch_stride = int64_t(Lk) * Hkv * D;
   p.k_row_stride = p.v_row_stride = int64_t(Hkv) * D;
   p.k_head_stride = p.v_head_stride = D;
+  if (c.expanded == 'k') p.k_row_stride = 0;
+  if (c.expanded == 'v') p.v_row_stride = 0;
   if (c.log_size) p.log_size = ls.data();
   if (c.pos) p.q_pos = qp.data(), p.k_pos = kp.data(), p.table = table.data(), p.table_len = c.T;
   p.batch = B, p.lq = Lq, p.lk = Lk, p.heads = H, p.kv_heads = Hkv, p.head_dim = D;
@@ -134,6 +139,9 @@ int sweep(const char* name) {
       {1, 1, 200, 8, 1, true, true, true, 0, false, false, 50, true},     // GQA 8 packed
       {2, 5, 300, 8, 2, true, true, true, 2, true, true, 100, true},      // packed, splits, strided q
       {1, 16, 150, 8, 1, true, true, true, 2, false, true, 100, true},    // packed: 128 rows, two row tiles
+      {1, 70, 130, 2, 1, true, true, true, 0, false, false, 8, false, 'k', true},  // expanded K, extreme positions
+      {2, 3, 200, 4, 2, false, true, true, 2, false, false, 16, true, 'k', true},   // the same, packed, splits
+      {1, 20, 90, 2, 2, true, true, true, 0, false, false, 8, false, 'v'},  // expanded V
   };
   int bad = 0;
   for (size_t i = 0; i < cases.size(); ++i) {

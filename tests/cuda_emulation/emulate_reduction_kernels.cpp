@@ -6,7 +6,7 @@
 // It checks indexing, tile edges, barriers between phases, warp-shuffle combines and the cross-block
 // proposal exchange; it cannot see timing, races that the barriers hide, or compiler issues.
 // The whole anchor_merge pipeline (csrc/cuda/anchor_merge_kernels.cuh, launched as anchor_merge_cuda.cu
-// does, its ATen steps done on the host) is checked against SPEC §2 in float64.
+// does, its ATen steps done on the host) is checked against docs/ops.md §2 in float64.
 // Usage: emulate_reduction_kernels [topk|similarity|divprune|anchor_merge]; exit status 1 if any case is off.
 #define __shared__ static  // one object per kernel instantiation: what the threads of a block share
 #include "emulated_cuda.h"
@@ -238,7 +238,7 @@ struct AnchorMergeOut {
   std::vector<double> merged;
 };
 
-// SPEC §2 in float64, with density, nearest and score rounded to float32 before any decision (as
+// docs/ops.md §2 in float64, with density, nearest and score rounded to float32 before any decision (as
 // restore_ext.reference does).
 AnchorMergeOut anchor_merge_expected(const float* x, int64_t n, int64_t d, int64_t k, AnchorRule rule) {
   std::vector<double> xn(n * d);
@@ -344,12 +344,15 @@ int anchor_merge_cases() {
     AnchorRule rule;
     bool axis_aligned;  // every similarity exactly 0 or 1: decisions are exact ties broken by index
     int64_t poison = -1;  // a token given a NaN feature: every density is NaN, its similarities are NaN
+    float magnitude = 1.f;  // features scaled by it: 7e37 puts them near the float32 limit, where a float32
+                            // cluster sum overflows
   };
   for (const Case c : {Case{2, 70, 20, 6, AnchorRule::Reference, false}, Case{1, 70, 20, 6, AnchorRule::Dpc, false},
                        Case{2, 90, 8, 5, AnchorRule::Reference, true}, Case{1, 90, 8, 45, AnchorRule::Dpc, true},
                        Case{1, 130, 70, 17, AnchorRule::Reference, false}, Case{1, 1, 3, 1, AnchorRule::Reference, false},
                        Case{1, 40, 5, 40, AnchorRule::Reference, false}, Case{2, 30, 6, 4, AnchorRule::Reference, false, 0},
-                       Case{1, 30, 6, 4, AnchorRule::Reference, false, 2}, Case{1, 30, 6, 4, AnchorRule::Reference, false, 9}}) {
+                       Case{1, 30, 6, 4, AnchorRule::Reference, false, 2}, Case{1, 30, 6, 4, AnchorRule::Reference, false, 9},
+                       Case{2, 70, 20, 3, AnchorRule::Reference, false, -1, 7e37f}}) {
     std::vector<float> x(c.batch * c.n * c.d);
     if (c.axis_aligned) {
       std::fill(x.begin(), x.end(), 0.f);
@@ -362,6 +365,7 @@ int anchor_merge_cases() {
         for (int64_t f = 0; f < c.d; ++f)
           x[t * c.d + f] = centre[(rng() % 6) * c.d + f] + 0.3f * std::normal_distribution<float>()(rng);
     }
+    for (auto& v : x) v *= c.magnitude;
     if (c.poison >= 0) x[c.poison * c.d + 1] = NAN;
     const AnchorMergeOut got = anchor_merge_emulated(x, c.batch, c.n, c.d, c.k, c.rule);
     for (int64_t b = 0; b < c.batch; ++b) {

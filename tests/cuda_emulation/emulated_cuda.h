@@ -28,7 +28,7 @@
 struct Dim3 {
   int x = 0, y = 0, z = 0;
 };
-inline thread_local Dim3 threadIdx, blockIdx;
+inline thread_local Dim3 threadIdx, blockIdx, gridDim;
 struct dim3 {
   unsigned x, y, z;
   dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
@@ -105,12 +105,13 @@ inline void launch(dim3 grid, int threads, const std::function<void()>& body, bo
   auto index_of = [&](unsigned id) {
     return Dim3{int(id % grid.x), int(id / grid.x % grid.y), int(id / (grid.x * grid.y))};
   };
+  const Dim3 grid_dim{int(grid.x), int(grid.y), int(grid.z)};
   std::vector<std::thread> pool;
   if (!cooperative) {
     Block blk(threads);
     for (int t = 0; t < threads; ++t)
       pool.emplace_back([&, t] {
-        block = &blk, threadIdx = Dim3{t, 0, 0};
+        block = &blk, threadIdx = Dim3{t, 0, 0}, gridDim = grid_dim;
         for (unsigned id = 0; id < blocks; ++id) {
           blockIdx = index_of(id);
           body();
@@ -127,8 +128,8 @@ inline void launch(dim3 grid, int threads, const std::function<void()>& body, bo
     state.push_back(std::make_unique<Block>(threads));
     Block* blk = state.back().get();
     for (int t = 0; t < threads; ++t)
-      pool.emplace_back([&body, blk, idx = index_of(id), t] {
-        block = blk, threadIdx = Dim3{t, 0, 0}, blockIdx = idx;
+      pool.emplace_back([&body, blk, idx = index_of(id), t, grid_dim] {
+        block = blk, threadIdx = Dim3{t, 0, 0}, blockIdx = idx, gridDim = grid_dim;
         body();
       });
   }

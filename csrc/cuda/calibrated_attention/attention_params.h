@@ -1,5 +1,5 @@
 #pragma once
-// What every calibrated_attention CUDA kernel reads (SPEC §5), filled once by the op entry, and the
+// What every calibrated_attention CUDA kernel reads (docs/ops.md §5), filled once by the op entry, and the
 // launchers the op entry picks from. Host and device; no ATen types so the kernels stay light.
 #include <cuda_runtime.h>
 #include <cstdint>
@@ -46,6 +46,10 @@ bool run_tensor_core_attention(AttentionParams params, cudaStream_t stream);
 constexpr int kSimtMaxHeadDim = 256;
 template <typename scalar_t>
 void run_simt_attention(const AttentionParams& params, cudaStream_t stream);
+
+// Device-side assert that log_size (count contiguous float32 values) holds no +inf or NaN; no host sync
+// (log_size_check_kernel.h says why).
+void check_log_size_on_device(const float* log_size, int64_t count, cudaStream_t stream);
 
 // Merges the num_splits partial results of flash-decoding into params.out.
 template <typename Element>

@@ -7,7 +7,7 @@
 
 #include "cuda/calibrated_attention/attention_params.h"
 #include "cuda/calibrated_attention/sm80_ptx.h"
-#include "restore/attention_math.h"
+#include "restore/online_softmax.h"
 
 namespace restore::attention {
 

@@ -6,7 +6,9 @@
 #include <cstdint>
 
 #include "cuda/calibrated_attention/attention_params.h"
-#include "restore/attention_math.h"
+#include "restore/causal_mask.h"
+#include "restore/online_softmax.h"
+#include "restore/score_bias.h"
 
 namespace restore::attention {
 
@@ -33,11 +35,12 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) simt_attention_kernel(con
     acc[u] = 0.f;
   }
   const int64_t q_pos = p.q_pos ? p.q_pos[int64_t(b) * p.lq + i] : 0;
-  const int64_t horizon = int64_t(i) + 1 + p.lk - p.lq;
-  const int key_end = p.causal ? int(horizon < 0 ? 0 : (horizon < p.lk ? horizon : p.lk)) : p.lk;
+  const int key_end = int(visible_key_end(i, p.lq, p.lk, p.causal));  // keys past it are never read
+  const DistanceBias position{p.table, p.table_len};
 
-  float row_max = -INFINITY, row_sum = 0.f;
+  OnlineSoftmaxRow softmax;
   for (int j = 0; j < key_end; ++j) {
+    // S = q . k_j, summed over the warp
     const scalar_t* kj = k + j * p.k_row_stride;
     float dot = 0.f;
 #pragma unroll
@@ -46,22 +49,22 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) simt_attention_kernel(con
       if (d < p.head_dim) dot += qf[u] * static_cast<float>(kj[d]);
     }
     for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    // Bias (the mask is the loop bound)
     float x = dot * p.scale;
     if (p.log_size) x += p.log_size[int64_t(b) * p.lk + j];
-    if (p.table) x += p.table[distance_index(q_pos, p.k_pos[int64_t(b) * p.lk + j], p.table_len)];
-    const float new_max = fmaxf(row_max, x);
-    const float factor = rescale_factor(row_max, new_max);
-    const float weight = expf(x - softmax_offset(new_max));
-    row_sum = row_sum * factor + weight;
-    row_max = new_max;
+    if (position.enabled()) x += position(q_pos, p.k_pos[int64_t(b) * p.lk + j]);
+    // Softmax rescale, one key at a time, then O += p v_j
+    const OnlineSoftmaxRow::Step step = softmax.rescale(x);
+    const float weight = expf(x - step.offset);
+    softmax.add(step, weight);
     const scalar_t* vj = v + j * p.v_row_stride;
 #pragma unroll
     for (int u = 0; u < kColsPerLane; ++u) {
       const int d = lane + 32 * u;
-      if (d < p.head_dim) acc[u] = acc[u] * factor + weight * static_cast<float>(vj[d]);
+      if (d < p.head_dim) acc[u] = acc[u] * step.factor + weight * static_cast<float>(vj[d]);
     }
   }
-  const float inv = normalizer(row_sum);
+  const float inv = normalizer(softmax.sum);
   scalar_t* out = static_cast<scalar_t*>(p.out) + ((int64_t(b) * p.lq + i) * p.heads + h) * p.head_dim;
 #pragma unroll
   for (int u = 0; u < kColsPerLane; ++u) {

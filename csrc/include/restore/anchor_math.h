@@ -1,5 +1,5 @@
 #pragma once
-// Distinctive anchor scoring (SPEC §2 steps 3-5) and the lower median of restore_reduce (SPEC §3).
+// Distinctive anchor scoring (docs/ops.md §2 steps 3-5) and the lower median of restore_reduce (docs/ops.md §3).
 #include <cstdint>
 #include "restore/host_device.h"
 

@@ -1,5 +1,5 @@
 #pragma once
-// The ranking of SPEC §1, shared by topk_indices and anchor selection on every device:
+// The ranking of docs/ops.md §1, shared by topk_indices and anchor selection on every device:
 // higher score first, ties to the lower index, NaN below every number (-inf included), -0.0 == +0.0.
 #include <cstdint>
 #include <cstring>

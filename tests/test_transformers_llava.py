@@ -1,69 +1,25 @@
-"""restore_ext.integrations.transformers on tiny random-weight LLaVA models (offline, CPU, a few seconds).
-
-Tiny model: CLIP vision 112 px / patch 14 -> N = 64 visual tokens per image, Llama text model with GQA
-(4 query heads over 2 key/value heads), 2 layers, hidden 64.
-"""
-import inspect
+"""The transformers integration on tiny random-weight LLaVA / LLaVA-NeXT models (offline, CPU, a few seconds):
+no-op equivalence, the bias really applied, cached generate, decode state, left-padded batches, the variants,
+inputs_embeds and positional calls, remove_restore. Errors: test_transformers_errors.py; generate modes:
+test_transformers_generate_guard.py; copies: test_transformers_model_copies.py; padding:
+test_transformers_padding.py."""
 import math
 
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-if int(transformers.__version__.split(".")[0]) != 5:
-    pytest.skip(f"the integration targets transformers 5.x, found {transformers.__version__}", allow_module_level=True)
+from tiny_llava import IMAGE, N, PAD, greedy, images, left_pad, prompt, tiny_config, tiny_model, with_cache
 
-from transformers import (  # noqa: E402
-    AttentionInterface,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    MistralConfig,
-)
+from transformers import AttentionInterface, CLIPVisionConfig  # noqa: E402
 
 import restore_ext  # noqa: E402
 from restore_ext.integrations import transformers as rt  # noqa: E402
-
-# transformers 5.x renamed `past_key_values` to `cache` (forward kwarg and output field)
-CACHE = "cache" if "cache" in inspect.signature(LlavaForConditionalGeneration.forward).parameters else "past_key_values"
-IMAGE = 100  # image placeholder token id
-PAD = 0
-N = 64  # visual tokens per image of the tiny vision tower
-
-
-def tiny_config(text_config=None, **text_kwargs):
-    vc = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=112, patch_size=14
-    )
-    tc = text_config or LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=1024,
-        pad_token_id=PAD,
-        **text_kwargs,
-    )
-    return LlavaConfig(
-        vision_config=vc,
-        text_config=tc,
-        image_token_id=IMAGE,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        pad_token_id=PAD,
-    )
+from restore_ext.integrations.transformers.visual_reduction import reduce_tokens  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = LlavaForConditionalGeneration(tiny_config()).eval()
-    m.generation_config.pad_token_id = PAD
-    return m
+    return tiny_model()
 
 
 @pytest.fixture(autouse=True)
@@ -71,42 +27,6 @@ def _unpatched(model):
     yield
     if rt.is_restore_applied(model):
         rt.remove_restore(model)
-
-
-def with_cache(out):
-    return {CACHE: getattr(out, CACHE)}
-
-
-def prompt(*parts):
-    """prompt([1, 2], 'img', [5, 6]) -> (1, L) ids with N placeholders per 'img'."""
-    ids = []
-    for p in parts:
-        ids += [IMAGE] * N if p == "img" else list(p)
-    return torch.tensor([ids])
-
-
-def images(n, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, 112, 112, generator=g)
-
-
-def left_pad(rows):
-    width = max(r.shape[1] for r in rows)
-    ids = torch.full((len(rows), width), PAD)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - r.shape[1]:] = r[0]
-        mask[i, width - r.shape[1]:] = 1
-    return ids, mask
-
-
-@torch.no_grad()
-def greedy(model, ids, pv, mask=None, steps=6, **kw):
-    out = model.generate(
-        input_ids=ids, pixel_values=pv, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
-        do_sample=False, return_dict_in_generate=True, output_logits=True, **kw,
-    )
-    return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,10 +63,10 @@ def _probe(model):
 
 
 def test_bias_really_applied(model):
-    """At every layer the patched attention equals eager attention with the bias matrix of SPEC.md built here
-    independently: log(size) per key (layer 0: uniform N / num_tokens on visual keys), table[q_pos - k_pos] from the
-    model's rotary inv_freq, preserved positions (visual_start + original index; text after the image at its full
-    position), causal mask."""
+    """At every layer the patched attention equals eager attention with the bias matrix of the op contract
+    (docs/ops.md) built here independently: log(size) per key (layer 0: uniform N / num_tokens on visual keys),
+    table[q_pos - k_pos] from the model's rotary inv_freq, preserved positions (visual_start + original index; text
+    after the image at its full position), causal mask."""
     num_tokens = 16
     pre, post = [1, 2, 3], [4, 5, 6, 7]
     ids, pv = prompt(pre, "img", post), images(1)
@@ -156,7 +76,7 @@ def test_bias_really_applied(model):
         model(input_ids=ids, pixel_values=pv)
         feats = model.model.get_image_features(pixel_values=pv, return_dict=True).pooler_output[0][None]
     # The expected reduced sequence, from the library's own reduction of the projector output.
-    red = rt._reduce_images(feats, num_tokens, "divprune", 0.5, "reference")
+    red = reduce_tokens(feats, rt.RestoreSettings(num_tokens, "divprune", 0.5, "reference"))
     start = len(pre)
     vis_pos = start + red.position[0]
     pos = torch.cat([torch.arange(start), vis_pos, torch.arange(len(post)) + start + N])
@@ -279,45 +199,7 @@ def test_remove_restore_restores_exactly(model):
     assert torch.equal(out, ref) and torch.equal(seq, ref_seq)
     assert model.config.text_config._attn_implementation == sdpa_before
     assert "generate" not in vars(model) and not model._forward_pre_hooks and not model.model._forward_pre_hooks
-
-
-def test_errors(model):
-    with pytest.raises(ValueError, match="LlamaForCausalLM is not supported"):
-        rt.apply_restore(LlamaForCausalLM(tiny_config().text_config))
-    mistral = MistralConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=128, sliding_window=32,
-    )
-    with pytest.raises(ValueError, match="sliding_window"):
-        rt.apply_restore(LlavaForConditionalGeneration(tiny_config(text_config=mistral)))
-    dyn = tiny_config(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
-    with pytest.raises(ValueError, match="rope_type"):
-        rt.apply_restore(LlavaForConditionalGeneration(dyn))
-    for bad in (dict(num_tokens=0), dict(keep_ratio=1.5), dict(rule="nope")):
-        with pytest.raises(ValueError):
-            rt.apply_restore(model, **bad)
-    assert not rt.is_restore_applied(model)
-    with pytest.raises(ValueError, match="not applied"):
-        rt.remove_restore(model)
-
-    ids, pv = prompt([1], "img", [2]), images(1)
-    rt.apply_restore(model, num_tokens=16)
-    with pytest.raises(ValueError, match="already applied"):
-        rt.apply_restore(model)
-    with pytest.raises(ValueError, match="beam search"):
-        model.generate(input_ids=ids, pixel_values=pv, num_beams=2, max_new_tokens=2)
-    with pytest.raises(ValueError, match="labels"):
-        model(input_ids=ids, pixel_values=pv, labels=ids)
-    with pytest.raises(ValueError, match="placeholder"):
-        model(input_ids=ids[:, :-5], pixel_values=pv)  # truncated image
-    with torch.no_grad():
-        out = model(input_ids=ids, pixel_values=pv, use_cache=True)
-        cache = with_cache(out)[CACHE]
-        cache.crop(-1)  # changed behind RESTORE's back
-        with pytest.raises(ValueError, match="does not describe"):
-            model(input_ids=torch.tensor([[3]]), **{CACHE: cache})
-        with pytest.raises(RuntimeError, match="without a restore_state"):
-            model.model.language_model(input_ids=ids[:, :1])
+    assert not model.model._forward_hooks and "_restore_patch" not in vars(model.model)
 
 
 def test_llava_next_same_mechanism():
@@ -351,5 +233,13 @@ def test_llava_next_same_mechanism():
         rt.remove_restore(m)
         rt.apply_restore(m, num_tokens=8)
         assert m(input_ids=ids, pixel_values=pv, image_sizes=sizes).logits.shape[1] == 2 + 8 + 1 + 8 + 2
+        seq = m.generate(input_ids=ids, pixel_values=pv, image_sizes=sizes, max_new_tokens=3, do_sample=False)
+        assert seq.shape[1] == ids.shape[1] + 3
+        rt.remove_restore(m)
+        # dynamic resolution: a budget per image proportional to its own token count (rounded half up)
+        rt.apply_restore(m, ratio=0.3)
+        ks = [math.floor(0.3 * n + 0.5) for n in ns]
+        assert ks[0] != ks[1]
+        assert m(input_ids=ids, pixel_values=pv, image_sizes=sizes).logits.shape[1] == 2 + ks[0] + 1 + ks[1] + 2
         seq = m.generate(input_ids=ids, pixel_values=pv, image_sizes=sizes, max_new_tokens=3, do_sample=False)
         assert seq.shape[1] == ids.shape[1] + 3

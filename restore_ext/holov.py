@@ -1,0 +1,113 @@
+"""HoloV (Zou et al., NeurIPS 2025) as a batched base selector, as the RESTORE authors run it.
+
+``holov_indices(features, k, cls_attention)`` keeps, per row of ``features`` (B, N, D):
+
+1. Crops: the N tokens in raster order cut into 16 contiguous runs, the first ``N % 16`` one token longer
+   (``min(16, N)`` non-empty crops; not 2-D blocks, as in the authors' code).
+2. Crop score: for a crop of m >= 2 tokens, with ``f = x / (||x|| + 1e-6)`` and S its m x m cosine matrix with
+   the diagonal set to 0, each token's similarity mean ``mu = rowsum(S) / (m - 1)`` and variance
+   ``var = sum_j (S_ij - mu_i)^2 / (m - 1)`` (the zeroed diagonal included, as the authors sum it); token score
+   ``1e3 * a + 0.09 * var * mean|1e3 * a| / (mean|var| + 1e-6)`` for its attention a; the crop score is the
+   mean token score. A one-token crop scores its attention.
+3. Budgets: ``w = score / (sum(score) + 1e-6)``, ``floor(w * k)`` tokens each, the shortfall one each to the
+   highest-weight crops, then, while some crop is given more than it holds, the excess is clamped and handed
+   out one per round to the highest-weight crops with room.
+4. In each crop, its budget of highest-attention tokens.
+
+Every ranking breaks ties towards the lower index (the authors' ``topk`` leaves ties unspecified). Returns
+(B, k) int64, ascending. The float64 form that follows the authors' loops is
+:func:`restore_ext.reference.holov_indices`.
+
+Batched: crops of one size are one view (B, crops, m, D), so the crop scores are one batched matmul per size (at
+most two), and budgets and the in-crop choice are sorts over (B, 16) and (B, 16, m); only the redistribution
+loop runs in Python, a few rounds that each serve the whole batch.
+"""
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+from ._scored_inputs import check_scored_inputs, cosine_gram
+
+NUM_CROPS = 16
+ALPHA = 0.09  # weight of the similarity variance in a token's score
+ATTENTION_SCALE = 1e3
+EPS = 1e-6
+
+
+def crop_groups(n: int) -> List[Tuple[int, int, int]]:
+    """(first token, crop count, crop length) of each run of equal-length crops, in token order."""
+    base, extra = divmod(n, NUM_CROPS)
+    groups = [(0, extra, base + 1)] if extra else []
+    if base:
+        groups.append((extra * (base + 1), NUM_CROPS - extra, base))
+    return groups
+
+
+def crop_scores(features: Tensor, attention: Tensor) -> Tensor:
+    """HoloV's score of every crop, (B, C) float64."""
+    b, n, d = features.shape
+    scores = []
+    for start, count, m in crop_groups(n):
+        att = attention[:, start : start + count * m].reshape(b, count, m).double()
+        if m == 1:
+            scores.append(att[..., 0])
+            continue
+        x = features[:, start : start + count * m].reshape(b, count, m, d)
+        sim = cosine_gram("holov_indices", x, EPS).double()  # f = x / (|x| + 1e-6), f f^T
+        sim.diagonal(dim1=-2, dim2=-1).zero_()
+        mu = sim.sum(dim=-1) / (m - 1)
+        var = (sim - mu[..., None]).square().sum(dim=-1) / (m - 1)
+        att = att * ATTENTION_SCALE
+        scale = att.abs().mean(dim=-1, keepdim=True) / (var.abs().mean(dim=-1, keepdim=True) + EPS)
+        scores.append((att + ALPHA * var * scale).mean(dim=-1))
+    return torch.cat(scores, dim=1)
+
+
+def descending_rank(values: Tensor) -> Tensor:
+    """Each entry's place when its row is sorted from highest to lowest, equal values in index order."""
+    order = torch.sort(values, dim=-1, descending=True, stable=True).indices
+    ranks = torch.arange(values.shape[-1], device=values.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, ranks)
+
+
+def crop_budgets(scores: Tensor, sizes: Tensor, k: int) -> Tensor:
+    """Tokens per crop, (B, C) int64 summing to k with none above its crop's size."""
+    weights = scores / (scores.sum(dim=-1, keepdim=True) + EPS)
+    budget = (weights * k).floor().long()
+    short = k - budget.sum(dim=-1, keepdim=True)
+    budget = budget + (descending_rank(weights) < short).long()
+    for _ in range(k):  # the authors' bound; each pass hands out at least one token or stops
+        budget = torch.minimum(budget, sizes)
+        room = budget < sizes
+        give = torch.minimum(k - budget.sum(dim=-1, keepdim=True), room.sum(dim=-1, keepdim=True))
+        if not bool((give > 0).any()):
+            break
+        ranked = descending_rank(weights.masked_fill(~room, -torch.inf))
+        budget = budget + (ranked < give).long()
+    return budget
+
+
+def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
+    """HoloV's ``k`` tokens of each row of ``features`` (B, N, D), given ``cls_attention`` (B, N) >= 0.
+
+    See the module docstring for the rule. ``features`` float16/bfloat16/float32/float64 (similarities in
+    float32, float64 for float64 input; scores and budgets in float64), ``cls_attention`` finite and
+    nonnegative; ``1 <= k <= N``. Returns (B, k) int64, ascending.
+    """
+    k = check_scored_inputs("holov_indices", features, k, cls_attention, nonnegative=True)
+    b, n, _ = features.shape
+    dev = features.device
+    groups = crop_groups(n)
+    longest = groups[0][2]
+    sizes = torch.tensor([m for _, count, m in groups for _ in range(count)], device=dev)
+    budget = crop_budgets(crop_scores(features, cls_attention), sizes, k)
+    # (C, longest) token index of each crop slot; a shorter crop's last slot is padding and never chosen.
+    starts = torch.tensor([s + i * m for s, count, m in groups for i in range(count)], device=dev)
+    slot = torch.arange(longest, device=dev)
+    token = (starts[:, None] + slot).clamp_max(n - 1)
+    att = cls_attention[:, token].masked_fill(slot >= sizes[:, None], -torch.inf)
+    chosen = descending_rank(att) < budget[..., None]  # (B, C, longest)
+    # Crop slots are laid out in token order, so the first k chosen slots in that order are the k tokens, ascending.
+    first = torch.sort(chosen.view(b, -1).to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :k]
+    return token.view(-1)[first]

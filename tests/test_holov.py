@@ -1,0 +1,134 @@
+"""HoloV as a base selector (restore_ext.holov) against its float64 reference and the authors' loop."""
+import pytest
+import torch
+
+import restore_ext
+from restore_ext import reference
+from restore_ext.holov import crop_budgets, crop_groups, holov_indices
+
+from conftest import DEVICES, DTYPES
+from scored_selector_check import (
+    assert_matches, assert_selection, authors_formulation, bad_inputs, random_inputs, tie_inputs,
+)
+
+SHAPES = [  # (B, N, D): fewer tokens than crops, one-token crops, N % 16 != 0, LLaVA-1.5, LLaVA-NeXT's 2880
+    (1, 1, 4), (2, 5, 4), (3, 16, 8), (2, 17, 8), (2, 31, 4), (3, 100, 16), (2, 577, 32), (1, 576, 64), (1, 2880, 16),
+]
+
+
+def budgets(n):
+    # k = 1, small, above one crop's length (n // 16 + 1), most of N, N
+    return sorted({1, 3, n // 16 + 2, max(1, n // 3), max(1, n - 2), n} & set(range(1, n + 1)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["random", "clustered", "zeros"])
+@pytest.mark.parametrize("b,n,d", SHAPES)
+def test_float64_equals_reference(device, kind, b, n, d):
+    x, att = random_inputs(b, n, d, seed=n * 5 + d, dtype=torch.float64, kind=kind)
+    for k in budgets(n):
+        got = holov_indices(x.to(device), k, att.to(device))
+        assert_selection(got, b, k, device)
+        want = reference.holov_selection(x, k, att)
+        assert assert_matches(got, want.indices, want.margin, tol=1e-12) == b
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_low_precision_matches_reference_away_from_near_ties(device, dtype):
+    checked = 0
+    for seed, (b, n, d, k) in enumerate([(3, 60, 16, 12), (2, 577, 32, 64), (4, 200, 8, 40)]):
+        x, att = random_inputs(b, n, d, seed=seed, dtype=dtype, kind="clustered" if seed % 2 else "random")
+        got = holov_indices(x.to(device), k, att.to(device))
+        assert_selection(got, b, k, device)
+        want = reference.holov_selection(x, k, att)  # the same low-precision values, in float64
+        checked += assert_matches(got, want.indices, want.margin, tol=1e-7)
+    assert checked >= 6, f"only {checked} of 9 rows were far enough from a near-tie to check"
+
+
+def crop_tie_inputs(b, n, seed):
+    """Exact ties at every level HoloV ranks: crops of one length repeat one of two token patterns (so equal crop
+    weights are bitwise equal in any implementation that treats crops alike), and attention inside a pattern
+    sits on a few dyadic levels (equal tokens within a crop)."""
+    x, att = tie_inputs(b, n, seed)
+    for start, count, m in crop_groups(n):
+        for c in range(count):
+            pattern = start + (m if c % 3 == 1 and count > 1 else 0)  # crops 1, 4, 7, ... copy the second crop
+            lo = start + c * m
+            x[:, lo : lo + m], att[:, lo : lo + m] = x[:, pattern : pattern + m], att[:, pattern : pattern + m]
+    return x, att
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("n", [12, 50, 208])
+def test_exact_ties_go_to_the_lower_index(device, dtype, n):
+    x, att = crop_tie_inputs(3, n, seed=n)
+    for k in budgets(n):
+        got = holov_indices(x.to(device, dtype), k, att.to(device, dtype))
+        assert torch.equal(got.cpu(), reference.holov_indices(x, k, att)), k
+    # identical crops with equal attention: equal weights, the shortfall goes to the first crops
+    same = torch.ones(1, 64, 3)
+    for k in (5, 20, 64):
+        got = holov_indices(same.to(device), k, torch.full((1, 64), 0.25, device=device))
+        assert torch.equal(got.cpu(), reference.holov_indices(same, k, torch.full((1, 64), 0.25)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_budget_above_a_crop_is_redistributed(device):
+    # All attention on the first crop: it is asked for more tokens than it holds and the rest spill over.
+    x, att = random_inputs(2, 160, 8, seed=9, dtype=torch.float64)
+    att[:, :10] += 1.0
+    for k in (15, 40, 150):
+        got = holov_indices(x.to(device), k, att.to(device))
+        assert torch.equal(got.cpu(), reference.holov_indices(x, k, att))
+        assert bool((got[:, :10] == torch.arange(10, device=device)).all())  # the first crop is kept whole
+
+
+def test_crop_layout_and_budgets():
+    assert crop_groups(576) == [(0, 16, 36)]
+    assert crop_groups(2885) == [(0, 5, 181), (905, 11, 180)]
+    assert crop_groups(5) == [(0, 5, 1)]
+    sizes = torch.tensor([3, 3, 2])
+    budget = crop_budgets(torch.tensor([[10.0, 1.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64), sizes, 7)
+    # row 0: floor [5, 0, 0], shortfall to crops 0, 1 -> [6, 1, 0], clamp [3, 1, 0], +1 to 1 and 2, +1 to 1
+    # row 1: all weights 0: +1 each (shortfall), +1 each, then +1 to crop 0 (ties to the lower index)
+    assert budget.tolist() == [[3, 3, 1], [3, 2, 2]]
+    assert budget.sum(1).tolist() == [7, 7] and bool((budget <= sizes).all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rows_are_independent(device):
+    x, att = random_inputs(4, 150, 16, seed=3, dtype=torch.float64)
+    x[2], att[2] = x[1].flip(0), att[1].flip(0)
+    got = holov_indices(x.to(device), 30, att.to(device))
+    for row in range(4):
+        alone = holov_indices(x[row : row + 1].to(device), 30, att[row : row + 1].to(device))
+        assert torch.equal(got[row : row + 1], alone)
+
+
+def test_reference_follows_the_authors_loop():
+    authors = authors_formulation().authors_holov
+    for b, n, d, k in [(2, 40, 16, 10), (3, 100, 8, 20), (1, 576, 32, 64), (2, 577, 16, 128), (1, 17, 4, 16),
+                       (1, 10, 4, 3), (1, 2880, 8, 96)]:
+        x, att = random_inputs(b, n, d, seed=k, dtype=torch.float64)
+        assert torch.equal(reference.holov_indices(x, k, att), authors(x, k, att))
+
+
+def test_bad_inputs_are_refused_clearly():
+    bad_inputs(holov_indices, "holov_indices")
+    x = torch.randn(1, 20, 4)
+    with pytest.raises(ValueError, match="holov_indices.*scores.*>= 0"):
+        holov_indices(x, 3, torch.randn(1, 20))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_select_and_reduce_with_base_holov(device):
+    x, att = random_inputs(2, 120, 16, seed=11)
+    x, att = x.to(device), att.to(device)
+    assert torch.equal(restore_ext.select(x, 20, "holov", scores=att), holov_indices(x, 20, att))
+    got = restore_ext.reduce(x, 40, base="holov", scores=att)
+    want = restore_ext.restore_reduce(x, holov_indices(x, 20, att), 40)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    with pytest.raises(ValueError, match='base="holov" needs scores'):
+        restore_ext.reduce(x, 40, base="holov")

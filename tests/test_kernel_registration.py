@@ -1,0 +1,20 @@
+"""Every op registers a kernel per device it is built for, each from its own source file (csrc/cpu/<op>_cpu.cpp,
+csrc/cuda/<op>_cuda.cu): a registration lost in a move shows here, not as a dispatch error in a user's model."""
+import pytest
+import torch
+
+import restore_ext  # noqa: F401  (loads the op library)
+from restore_ext import _build_info
+
+OPS = ("topk_indices", "divprune_indices", "anchor_merge", "calibrated_attention")
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_cpu_kernel_registered(op):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"restore::{op}", "CPU")
+
+
+@pytest.mark.skipif(not _build_info.WITH_CUDA, reason="CPU-only build: no CUDA kernels to register")
+@pytest.mark.parametrize("op", OPS)
+def test_cuda_kernel_registered(op):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"restore::{op}", "CUDA")
