@@ -21,8 +21,9 @@ lmms-eval turns an exception inside ``generate`` into an empty answer and goes o
 after the batch instead, so a RESTORE error fails the run rather than scoring as wrong answers.
 With transformers 5, lmms-eval 0.7.3's ``llava_hf`` needs an explicit ``device_map`` (``cpu``, ``cuda:0`` or
 ``auto``) in ``--model_args``: its default ``""`` is refused by ``from_pretrained``.
-The Qwen models need apply_restore's Qwen2.5-VL / Qwen3-VL support; until restore_ext has it, loading them
-raises apply_restore's "not supported" error.
+The Qwen models go through apply_restore's Qwen2.5-VL / Qwen3-VL adapters; their calibrated attention needs the
+multi-axis calibrated_attention kernel (docs/ops.md §5b): until it exists they run with ``calibrate=False`` only
+(restore_qwen2_5_vl is tested that way end to end; restore_qwen3_vl only resolves).
 """
 from __future__ import annotations
 
