@@ -18,8 +18,10 @@ keeps, which is what their code does wherever it runs.
 
 Speed: the authors recompute an (R/2) x (R/2) similarity matmul every round, ``D * R^3 / 48`` flops in all.
 The similarities never change between rounds, only which pairs are compared, so here the residual tokens'
-cosine similarity matrix is computed once (``2 * R^2 * D`` flops) and each round gathers the A x B block of
-it. The rounds themselves are sequential by definition; everything inside one is batched over B.
+cosine similarity matrix is computed once (``2 * R^2 * D`` flops, one batched matmul; memory B x R^2) and
+the rounds only look values up: on the CPU all rounds run in one C++ call
+(:func:`restore_ext.ops.vispruner_matching`), elsewhere as torch ops batched over B
+(:func:`matching_rounds`). The rounds are sequential by definition.
 """
 import math
 from typing import Tuple
@@ -27,6 +29,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from . import ops
 from ._scored_inputs import check_scored_inputs, cosine_gram
 
 ROUND_LIMIT = 8  # VisPruner removes at most this many duplicates per matching round
@@ -81,16 +84,27 @@ def neighbour_lists(sim: Tensor) -> Tuple[Tensor, Tensor]:
 
 def remove_duplicates(features: Tensor, residual: Tensor, diverse: int) -> Tensor:
     """VisPruner's iterative matching over ``residual`` (B, R) token indices of ``features`` (B, N, D); returns
-    (B, diverse) of them.
+    (B, diverse) of them. The rounds run in one C++ call on the CPU (a dozen op launches per round otherwise),
+    as :func:`matching_rounds` elsewhere."""
+    b, r0 = residual.shape
+    tokens = features.gather(1, residual[:, :, None].expand(b, r0, features.shape[-1]))
+    sim = cosine_gram("vispruner_indices", tokens)  # (B, R0, R0): every pair a round can compare
+    if sim.device.type == "cpu":
+        return residual.gather(1, ops.vispruner_matching(sim, diverse))
+    return residual.gather(1, matching_rounds(sim, diverse))
+
+
+def matching_rounds(sim: Tensor, diverse: int) -> Tensor:
+    """The rounds of :func:`restore_ext.ops.vispruner_matching` as torch ops on any device: (B, diverse) rows
+    of ``sim`` (B, R0, R0) that survive, in their final order.
 
     ``sim`` holds the similarities of the tokens still in play (its "frame"); ``order`` is the current residual
     order as rows of ``sim``. When the residual shrinks to half the frame, the frame is compacted to it so that
     about half of every top list are B tokens again; small frames compare A x B directly.
     """
-    b, r0 = residual.shape
-    dev = features.device
-    tokens = features.gather(1, residual[:, :, None].expand(b, r0, features.shape[-1]))
-    sim = cosine_gram("vispruner_indices", tokens)  # (B, R0, R0): every pair a round can compare
+    b, r0, _ = sim.shape
+    dev = sim.device
+    ids = torch.arange(r0, device=dev).expand(b, r0)  # frame row -> row of the original sim
     batch = torch.arange(b, device=dev)[:, None, None]
     order = torch.arange(r0, device=dev).expand(b, r0)
     near = neighbour_lists(sim) if r0 > DIRECT_FRAME else None
@@ -98,7 +112,7 @@ def remove_duplicates(features: Tensor, residual: Tensor, diverse: int) -> Tenso
         count = order.shape[1]
         if count <= sim.shape[1] // 2:
             sim = sim[batch, order[:, :, None], order[:, None, :]]
-            residual = residual.gather(1, order)
+            ids = ids.gather(1, order)
             order = torch.arange(count, device=dev).expand(b, count)
             near = neighbour_lists(sim) if count > DIRECT_FRAME else None
         a, bb = order[:, 0::2], order[:, 1::2]
@@ -108,7 +122,7 @@ def remove_duplicates(features: Tensor, residual: Tensor, diverse: int) -> Tenso
             best = closest_in_b(sim, near, a, bb)
         survivors = a.gather(1, descending_order(best)[:, r:])  # empty when r >= |A|
         order = torch.cat([survivors, bb], dim=1)
-    return residual.gather(1, order)
+    return ids.gather(1, order)
 
 
 def vispruner_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
