@@ -1,4 +1,4 @@
-"""HoloV (Zou et al., NeurIPS 2025) as a batched base selector, as the RESTORE authors run it.
+"""HoloV (Zou et al., NeurIPS 2025) as a batched base selector, as the RESTORE authors run it (docs/ops.md §3d).
 
 ``holov_indices(features, k, cls_attention)`` keeps, per row of ``features`` (B, N, D):
 
@@ -19,8 +19,8 @@ Every ranking breaks ties towards the lower index (the authors' ``topk`` leaves 
 :func:`restore_ext.reference.holov_indices`.
 
 Batched: crops of one size are one view (B, crops, m, D), so the crop scores are one batched matmul per size (at
-most two), and budgets and the in-crop choice are sorts over (B, 16) and (B, 16, m); only the redistribution
-loop runs in Python, a few rounds that each serve the whole batch.
+most two); budgets (the authors' redistribution loop in closed form) and the in-crop choice are sorts over
+(B, 16) and (B, 16, m). No host sync on CUDA.
 """
 from typing import List, Tuple
 
@@ -71,21 +71,28 @@ def descending_rank(values: Tensor) -> Tensor:
     return torch.empty_like(order).scatter_(-1, order, ranks)
 
 
-def crop_budgets(scores: Tensor, sizes: Tensor, k: int) -> Tensor:
-    """Tokens per crop, (B, C) int64 summing to k with none above its crop's size."""
+def crop_budgets(scores: Tensor, crop_sizes: List[int], k: int) -> Tensor:
+    """Tokens per crop, (B, C) int64 summing to k with none above its crop's size, as the authors' loop hands
+    them out, in closed form (no loop, no host sync).
+
+    Their loop clamps the budgets to the crop sizes, then, while tokens are missing, gives one more to each of
+    the highest-weight crops with room, at most as many as are missing. As long as at least as many tokens are
+    missing as crops have room, every crop with room gains one: after t such passes the budgets are
+    ``min(c + t, size)`` (c: the first clamped budgets), so t is the largest with ``sum(min(c + t, size)) <= k``;
+    the last pass gives the remaining few to the highest-weight crops with room.
+    """
+    sizes = torch.tensor(crop_sizes, device=scores.device)
     weights = scores / (scores.sum(dim=-1, keepdim=True) + EPS)
     budget = (weights * k).floor().long()
     short = k - budget.sum(dim=-1, keepdim=True)
-    budget = budget + (descending_rank(weights) < short).long()
-    for _ in range(k):  # the authors' bound; each pass hands out at least one token or stops
-        budget = torch.minimum(budget, sizes)
-        room = budget < sizes
-        give = torch.minimum(k - budget.sum(dim=-1, keepdim=True), room.sum(dim=-1, keepdim=True))
-        if not bool((give > 0).any()):
-            break
-        ranked = descending_rank(weights.masked_fill(~room, -torch.inf))
-        budget = budget + (ranked < give).long()
-    return budget
+    budget = torch.minimum(budget + (descending_rank(weights) < short).long(), sizes)
+    passes = torch.arange(max(crop_sizes) + 1, device=sizes.device)
+    filled = torch.minimum(budget[..., None] + passes, sizes[:, None]).sum(dim=1)  # (B, passes): nondecreasing
+    t = (filled <= k).sum(dim=-1, keepdim=True) - 1
+    budget = torch.minimum(budget + t, sizes)
+    room = budget < sizes
+    missing = k - budget.sum(dim=-1, keepdim=True)
+    return budget + (descending_rank(weights.masked_fill(~room, -torch.inf)) < missing).long()
 
 
 def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
@@ -97,11 +104,14 @@ def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
     """
     k = check_scored_inputs("holov_indices", features, k, cls_attention, nonnegative=True)
     b, n, _ = features.shape
+    if features.is_meta:
+        return features.new_empty((b, k), dtype=torch.long)
     dev = features.device
     groups = crop_groups(n)
     longest = groups[0][2]
-    sizes = torch.tensor([m for _, count, m in groups for _ in range(count)], device=dev)
-    budget = crop_budgets(crop_scores(features, cls_attention), sizes, k)
+    crop_sizes = [m for _, count, m in groups for _ in range(count)]
+    sizes = torch.tensor(crop_sizes, device=dev)
+    budget = crop_budgets(crop_scores(features, cls_attention), crop_sizes, k)
     # (C, longest) token index of each crop slot; a shorter crop's last slot is padding and never chosen.
     starts = torch.tensor([s + i * m for s, count, m in groups for i in range(count)], device=dev)
     slot = torch.arange(longest, device=dev)

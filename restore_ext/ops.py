@@ -56,8 +56,10 @@ def vispruner_matching(sim: Tensor, keep: int) -> Tensor:
     similarity to a B token; the ``min(8, excess)`` highest-scoring A tokens are dropped and the next order is
     the kept A tokens by descending score (ties: earlier position first), then B. ``sim`` float32 or float64,
     finite; ``1 <= keep <= R``. CPU only (:func:`restore_ext.vispruner.vispruner_indices` runs the same rounds
-    as torch ops on other devices). Contract: :func:`restore_ext.reference.vispruner_matching`.
+    as torch ops on other devices). Contract: docs/ops.md §3c; reference
+    :func:`restore_ext.reference.vispruner_matching`.
     """
+    check_op_int("vispruner_matching", "keep", keep, lambda: f"1 <= keep <= R{_n_of(sim, 3)}")
     return torch.ops.restore.vispruner_matching.default(sim, keep)
 
 

@@ -1,4 +1,4 @@
-"""VisPruner (Zhang et al., ICCV 2025) as a batched base selector, as the RESTORE authors run it.
+"""VisPruner (Zhang et al., ICCV 2025) as a batched base selector, as the RESTORE authors run it (docs/ops.md §3c).
 
 ``vispruner_indices(features, k, cls_attention)`` keeps, per row of ``features`` (B, N, D):
 
@@ -20,11 +20,10 @@ Speed: the authors recompute an (R/2) x (R/2) similarity matmul every round, ``D
 The similarities never change between rounds, only which pairs are compared, so here the residual tokens'
 cosine similarity matrix is computed once (``2 * R^2 * D`` flops, one batched matmul; memory B x R^2) and
 the rounds only look values up: on the CPU all rounds run in one C++ call
-(:func:`restore_ext.ops.vispruner_matching`), elsewhere as torch ops batched over B
+(:func:`restore_ext.ops.vispruner_matching`), elsewhere as torch ops batched over B with no host sync
 (:func:`matching_rounds`). The rounds are sequential by definition.
 """
 import math
-from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -33,8 +32,6 @@ from . import ops
 from ._scored_inputs import check_scored_inputs, cosine_gram
 
 ROUND_LIMIT = 8  # VisPruner removes at most this many duplicates per matching round
-NEIGHBOURS = 16  # length of each token's list of most similar tokens; a row whose list has no B token is rare
-DIRECT_FRAME = 64  # at or below this many tokens in play, A x B is gathered directly
 
 
 def descending_order(values: Tensor) -> Tensor:
@@ -56,36 +53,39 @@ def vispruner_rounds(residual_count: int, diverse: int):
     return dropped
 
 
-def closest_in_b(sim: Tensor, near: Tuple[Tensor, Tensor], a: Tensor, bb: Tensor) -> Tensor:
-    """Each A token's highest similarity to a B token: (B, |A|) from ``sim`` (B, F, F) and the rows' top lists.
+def matching_rounds(sim: Tensor, diverse: int) -> Tensor:
+    """The rounds of :func:`restore_ext.ops.vispruner_matching` as torch ops on any device, batched over B and
+    without a host sync: (B, diverse) rows of ``sim`` (B, R0, R0) that survive, in their final order.
 
-    ``near`` holds every row's ``c`` highest similarities (values, columns; descending). The first B token in
-    a row's list carries that row's maximum over B: every token outside the list is no more similar. Only rows
-    whose list holds no B token read their full row of ``sim``. (gather, not advanced indexing: several times
-    faster on CPU for these sizes.)
+    ``sim`` holds the similarities of the tokens still in play (its "frame") and ``order`` the current residual
+    order as rows of it; each A token's best B similarity is a masked maximum over its row. When the residual
+    shrinks to half the frame, the frame is compacted to it, so rows stay at most twice as long as needed (the
+    counts, hence the compactions, are known in advance).
     """
-    near_val, near_idx = near
-    nb, na, c = a.shape[0], a.shape[1], near_idx.shape[-1]
-    in_b = torch.zeros(sim.shape[:2], dtype=torch.bool, device=sim.device).scatter_(1, bb, True)
-    lists = a[:, :, None].expand(nb, na, c)
-    hit = in_b.gather(1, near_idx.gather(1, lists).view(nb, na * c)).view(nb, na, c)
-    found, first = hit.view(torch.uint8).max(dim=-1)  # max returns the first maximum: the first B token
-    best = near_val.gather(1, lists).gather(2, first[:, :, None]).squeeze(2)
-    missing = found == 0
-    if bool(missing.any()):
-        row, col = missing.nonzero(as_tuple=True)
-        best[row, col] = sim[row, a[row, col]].masked_fill(~in_b[row], -math.inf).amax(dim=-1)
-    return best
-
-
-def neighbour_lists(sim: Tensor) -> Tuple[Tensor, Tensor]:
-    return torch.topk(sim, min(NEIGHBOURS, sim.shape[-1]), dim=-1)
+    b, r0, _ = sim.shape
+    dev = sim.device
+    ids = torch.arange(r0, device=dev).expand(b, r0)  # frame row -> row of the original sim
+    order = ids
+    for r in vispruner_rounds(r0, diverse):
+        count, width = order.shape[1], sim.shape[1]
+        if count <= width // 2:
+            sim = sim.gather(1, order[:, :, None].expand(b, count, width))
+            sim = sim.gather(2, order[:, None, :].expand(b, count, count))
+            ids = ids.gather(1, order)
+            order = torch.arange(count, device=dev).expand(b, count)
+            width = count
+        a, bb = order[:, 0::2], order[:, 1::2]
+        in_b = torch.zeros(b, width, dtype=torch.bool, device=dev).scatter_(1, bb, True)
+        rows = sim.gather(1, a[:, :, None].expand(b, a.shape[1], width))
+        best = rows.masked_fill_(~in_b[:, None, :], -math.inf).amax(dim=-1)  # (B, |A|): closest B of each A
+        survivors = a.gather(1, descending_order(best)[:, r:])  # empty when r >= |A|
+        order = torch.cat([survivors, bb], dim=1)
+    return ids.gather(1, order)
 
 
 def remove_duplicates(features: Tensor, residual: Tensor, diverse: int) -> Tensor:
     """VisPruner's iterative matching over ``residual`` (B, R) token indices of ``features`` (B, N, D); returns
-    (B, diverse) of them. The rounds run in one C++ call on the CPU (a dozen op launches per round otherwise),
-    as :func:`matching_rounds` elsewhere."""
+    (B, diverse) of them. On the CPU the rounds run in one C++ call (a dozen op launches per round otherwise)."""
     b, r0 = residual.shape
     tokens = features.gather(1, residual[:, :, None].expand(b, r0, features.shape[-1]))
     sim = cosine_gram("vispruner_indices", tokens)  # (B, R0, R0): every pair a round can compare
@@ -94,45 +94,16 @@ def remove_duplicates(features: Tensor, residual: Tensor, diverse: int) -> Tenso
     return residual.gather(1, matching_rounds(sim, diverse))
 
 
-def matching_rounds(sim: Tensor, diverse: int) -> Tensor:
-    """The rounds of :func:`restore_ext.ops.vispruner_matching` as torch ops on any device: (B, diverse) rows
-    of ``sim`` (B, R0, R0) that survive, in their final order.
-
-    ``sim`` holds the similarities of the tokens still in play (its "frame"); ``order`` is the current residual
-    order as rows of ``sim``. When the residual shrinks to half the frame, the frame is compacted to it so that
-    about half of every top list are B tokens again; small frames compare A x B directly.
-    """
-    b, r0, _ = sim.shape
-    dev = sim.device
-    ids = torch.arange(r0, device=dev).expand(b, r0)  # frame row -> row of the original sim
-    batch = torch.arange(b, device=dev)[:, None, None]
-    order = torch.arange(r0, device=dev).expand(b, r0)
-    near = neighbour_lists(sim) if r0 > DIRECT_FRAME else None
-    for r in vispruner_rounds(r0, diverse):
-        count = order.shape[1]
-        if count <= sim.shape[1] // 2:
-            sim = sim[batch, order[:, :, None], order[:, None, :]]
-            ids = ids.gather(1, order)
-            order = torch.arange(count, device=dev).expand(b, count)
-            near = neighbour_lists(sim) if count > DIRECT_FRAME else None
-        a, bb = order[:, 0::2], order[:, 1::2]
-        if near is None:
-            best = sim[batch, a[:, :, None], bb[:, None, :]].amax(dim=-1)
-        else:
-            best = closest_in_b(sim, near, a, bb)
-        survivors = a.gather(1, descending_order(best)[:, r:])  # empty when r >= |A|
-        order = torch.cat([survivors, bb], dim=1)
-    return ids.gather(1, order)
-
-
 def vispruner_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
     """VisPruner's ``k`` tokens of each row of ``features`` (B, N, D), ranked by ``cls_attention`` (B, N).
 
     See the module docstring for the rule. ``features`` float16/bfloat16/float32/float64 (similarities in
     float32, float64 for float64 input), ``cls_attention`` any float dtype, finite; ``1 <= k <= N``.
-    Returns (B, k) int64, ascending.
+    Returns (B, k) int64, ascending. Features must be finite (they are not read when k = N).
     """
     k = check_scored_inputs("vispruner_indices", features, k, cls_attention)
+    if features.is_meta:
+        return features.new_empty((features.shape[0], k), dtype=torch.long)
     important = k // 2  # the authors' important_ratio = 0.5, int(k * 0.5)
     order = descending_order(cls_attention)
     kept, residual = order[:, :important], order[:, important:]

@@ -90,7 +90,7 @@ def test_crop_layout_and_budgets():
     assert crop_groups(2885) == [(0, 5, 181), (905, 11, 180)]
     assert crop_groups(5) == [(0, 5, 1)]
     sizes = torch.tensor([3, 3, 2])
-    budget = crop_budgets(torch.tensor([[10.0, 1.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64), sizes, 7)
+    budget = crop_budgets(torch.tensor([[10.0, 1.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64), [3, 3, 2], 7)
     # row 0: floor [5, 0, 0], shortfall to crops 0, 1 -> [6, 1, 0], clamp [3, 1, 0], +1 to 1 and 2, +1 to 1
     # row 1: all weights 0: +1 each (shortfall), +1 each, then +1 to crop 0 (ties to the lower index)
     assert budget.tolist() == [[3, 3, 1], [3, 2, 2]]
