@@ -1,4 +1,4 @@
-"""Float64 references of the VisPruner and HoloV base selectors (docs/ops.md §3b), following the authors' loops
+"""Float64 references of the VisPruner and HoloV base selectors (docs/ops.md §3c, §3d), following the authors' loops
 one step at a time; re-exported by :mod:`restore_ext.reference`, the executable contract."""
 import math
 from typing import NamedTuple
