@@ -56,8 +56,12 @@ def crop_scores(features: Tensor, attention: Tensor) -> Tensor:
         x = features[:, start : start + count * m].reshape(b, count, m, d)
         sim = cosine_gram("holov_indices", x, EPS).double()  # f = x / (|x| + 1e-6), f f^T
         sim.diagonal(dim1=-2, dim2=-1).zero_()
-        mu = sim.sum(dim=-1) / (m - 1)
-        var = (sim - mu[..., None]).square().sum(dim=-1) / (m - 1)
+        total = sim.sum(dim=-1)
+        mu = total / (m - 1)
+        # sum_j (S_ij - mu_i)^2 over all m columns (the zeroed diagonal too, as the authors sum it), expanded so
+        # that the m x m matrix is read twice, not five times; in float64 the cancellation costs ~1e-12 relative.
+        squares = torch.linalg.vector_norm(sim, dim=-1).square()
+        var = (squares - 2 * mu * total + m * mu.square()) / (m - 1)
         att = att * ATTENTION_SCALE
         scale = att.abs().mean(dim=-1, keepdim=True) / (var.abs().mean(dim=-1, keepdim=True) + EPS)
         scores.append((att + ALPHA * var * scale).mean(dim=-1))
