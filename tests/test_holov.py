@@ -132,3 +132,13 @@ def test_select_and_reduce_with_base_holov(device):
     assert all(torch.equal(g, w) for g, w in zip(got, want))
     with pytest.raises(ValueError, match='base="holov" needs scores'):
         restore_ext.reduce(x, 40, base="holov")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_features_near_the_float32_limits(device):
+    # Squares of 1e25 overflow float32 and those of 1e-25 underflow: the rows are pre-scaled, the result is still
+    # the reference's (HoloV's 1e-6 in |x| + 1e-6 makes tiny features score as near-zero similarities, as theirs).
+    x, att = random_inputs(2, 100, 8, seed=4)
+    for scale in (1e25, 1e-25):
+        got = holov_indices((x * scale).to(device), 20, att.to(device))
+        assert torch.equal(got.cpu(), reference.holov_indices((x * scale).double(), 20, att))
