@@ -123,5 +123,6 @@ def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
     att = cls_attention[:, token].masked_fill(slot >= sizes[:, None], -torch.inf)
     chosen = descending_rank(att) < budget[..., None]  # (B, C, longest)
     # Crop slots are laid out in token order, so the first k chosen slots in that order are the k tokens, ascending.
-    first = torch.sort(chosen.view(b, -1).to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :k]
+    first = torch.sort(chosen.view(b, chosen.shape[1] * longest).to(torch.uint8), dim=1, descending=True, stable=True)
+    first = first.indices[:, :k]
     return token.view(-1)[first]

@@ -91,3 +91,5 @@ def bad_inputs(fn, name):
             fn(*args)
     meta = fn(x.to("meta"), 3, s.to("meta"))  # shapes only, as select and reduce do on meta tensors
     assert meta.is_meta and meta.shape == (2, 3) and meta.dtype == torch.long
+    empty = fn(x[:0], 3, s[:0])  # an empty batch is not an error
+    assert empty.shape == (0, 3) and empty.dtype == torch.long
