@@ -87,23 +87,6 @@ class _Layer0Attention:
         self.share = float(prob[:, :, last_visual + 1:, :][..., visual[0]].sum(-1).mean())
 
 
-def _check_attention_kernel(model, device):
-    """Qwen models need calibrated_attention's multi-axis (M-RoPE) form; say so up front when this build lacks it."""
-    from restore_ext.integrations.transformers.adapters import adapter_for
-
-    if adapter_for(model).position_axes == 1:
-        return
-    q = torch.zeros(1, 2, 1, 8, device=device)
-    pos = torch.zeros(1, 2, 3, dtype=torch.long, device=device)
-    try:
-        torch.ops.restore.calibrated_attention(q, q, q, None, pos, pos, torch.zeros(3, 4, device=device), True, None)
-    except RuntimeError as e:
-        raise SystemExit(
-            f"restore_ext.demo: {type(model).__name__} needs calibrated_attention with multi-axis (t, h, w) positions "
-            f"(docs/ops.md §5b), which this build of restore_ext does not have yet ({e})"
-        ) from None
-
-
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -132,7 +115,6 @@ def main(argv=None):
         model, inputs, processor = local_model(args.model, args.device, dtype, args.image, args.question)
     else:
         model, inputs, processor = random_model(args.family, args.device, dtype)
-    _check_attention_kernel(model, args.device)
     ids = inputs["input_ids"]
     visual = visual_mask(model, ids)
     n_visual = int(visual.sum())

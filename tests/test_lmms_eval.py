@@ -236,23 +236,10 @@ def test_simple_evaluate_end_to_end_runs_restore(checkpoint, tasks, model_id, fo
     assert sorted(seen) == sorted(n - (N - 16) for n in seen_full)
 
 
-def multi_axis_op_available() -> bool:
-    """Whether calibrated_attention takes Qwen's (B, L, 3) M-RoPE positions with a (3, T) table yet."""
-    q, pos = torch.zeros(1, 2, 1, 8), torch.zeros(1, 2, 3, dtype=torch.long)
-    try:
-        torch.ops.restore.calibrated_attention(q, q, q, None, pos, pos, torch.zeros(3, 4), True, None)
-    except RuntimeError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("calibrate", [False, True])
 def test_qwen2_5_vl_end_to_end(tasks, tmp_path_factory, calibrate):
     """restore_qwen2_5_vl shortens every prompt's 16 image tokens to 8 where lmms-eval's own qwen2_5_vl keeps
-    them. calibrate=True needs the multi-axis calibrated_attention kernel: skipped, saying so, until the op takes
-    (B, L, 3) positions; calibrate=False (reduction and preserved M-RoPE positions alone) runs today."""
-    if calibrate and not multi_axis_op_available():
-        pytest.skip("calibrated_attention does not take multi-axis (B, L, 3) positions yet (issue 12's kernels)")
+    them, with the M-RoPE calibration (calibrate=True) and without it (reduction and preserved positions alone)."""
     ckpt = tiny_qwen2_5_vl_checkpoint(tmp_path_factory.mktemp("qwen2_5_vl"))
     args, extra = f"pretrained={ckpt},device_map=cpu,{QWEN_PIXELS}", {"batch_size": 1, "device": "cpu"}
     lm = get_model("restore_qwen2_5_vl").create_from_arg_string(args + f",num_tokens=8,calibrate={calibrate}", extra)
