@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import restore_ext
 from restore_ext import reference as ref
 from conftest import DEVICES, assert_slot_means, decisions_well_separated, fuzz_settings
-from fuzz_strategies import Tokens, batches, generator, lengths, seeds, sprinkle, tokens
+from fuzz_strategies import batches, generator, lengths, seeds, sprinkle, tokens
 
 REL_MARGIN, SIM_MARGIN = 2e-6, 1e-5  # float32 rounding of densities / scores (relative) and similarities
 rules = st.sampled_from(["reference", "dpc"])
@@ -147,6 +147,7 @@ def test_features_near_the_float32_limit(device, case, top):
 def test_num_anchors_out_of_range_is_refused(b, data):
     n = data.draw(lengths(100))
     k = data.draw(st.integers(-3, 0) | st.integers(n + 1, n + 3))
-    msg = re.escape(f"anchor_merge: num_anchors must satisfy 1 <= K <= N = {n}") + r".*" + re.escape(f"got num_anchors = {k}")
+    msg = re.escape(f"anchor_merge: num_anchors must satisfy 1 <= K <= N = {n}")
+    msg += r".*" + re.escape(f"got num_anchors = {k}")
     with pytest.raises(RuntimeError, match=msg):
         restore_ext.anchor_merge(torch.randn(b, n, 4), k)
