@@ -54,7 +54,7 @@ echo "sanitize: building the CPU kernels with -fsanitize=address,undefined in $S
 env -u RESTORE_EXT_REQUIRE_CUDA RESTORE_EXT_CPU_ONLY=1 RESTORE_EXT_SANITIZE=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
     "$PY" setup.py -q build_ext --inplace >/dev/null
 LIB=$(ls restore_ext/_C*.so)
-if ! ldd "$LIB" | grep -q libasan; then
+if ! ldd "$LIB" | grep libasan >/dev/null; then  # not grep -q: its early exit fails the pipe under pipefail
     echo "sanitize: $LIB is not linked against libasan; refusing to report a sanitizer run" >&2
     exit 1
 fi
