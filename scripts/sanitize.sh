@@ -20,10 +20,10 @@ STAGE=build/sanitize
 MODE=full
 if [[ "${1:-}" == quick ]]; then MODE=quick; shift; fi
 
-# Sources, package and tests as they are now. Only files whose content changed are rewritten (with a fresh
-# mtime), and files gone from the tree are removed, so ninja recompiles exactly what changed and the object
-# files in $STAGE/build survive between runs.
-"$PY" - "$STAGE" csrc restore_ext tests setup.py pyproject.toml README.md <<'SYNC'
+# Sources, package, tests and benchmarks/ (test_holov / test_vispruner import the authors' loops from it) as they
+# are now. Only files whose content changed are rewritten (with a fresh mtime), and files gone from the tree are
+# removed, so ninja recompiles exactly what changed and the object files in $STAGE/build survive between runs.
+"$PY" - "$STAGE" csrc restore_ext tests benchmarks setup.py pyproject.toml README.md <<'SYNC'
 import filecmp, os, shutil, sys
 stage, tops = sys.argv[1], sys.argv[2:]
 wanted = set()
