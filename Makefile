@@ -56,8 +56,9 @@ test-vllm:
 # The CPU op tests under AddressSanitizer + UndefinedBehaviorSanitizer, built CPU-only in build/sanitize
 # (scripts/sanitize.sh; the normal build is untouched). sanitize: every CPU op test (not the model, integration,
 # CUDA-emulation or packaging tests). sanitize-quick, the subset CI runs: tests/test_fuzz_*.py at the "ci" budget
-# and tests/test_errors.py, CPU only, known-bug xfails left out: ~4.5 min of CPU (build ~3.7, tests ~0.8), 7 min of
-# wall time measured with MAX_JOBS=1 on a loaded 2-core machine (2026-12-03).
+# and tests/test_errors.py, CPU only, known-bug xfails left out (73 tests). Measured from an empty build/sanitize
+# with MAX_JOBS=1 on a 2-core machine shared with other builds (2026-12-03): 4.4 min of CPU (build ~3.6, tests
+# ~0.8), 7-8.3 min of wall time; the build is nearly all of it, so on an idle 2-core CI (MAX_JOBS=2) ~3 min.
 sanitize: $(VENV)/.deps-stamp
 	PY=$(PY) MAX_JOBS=$(MAX_JOBS) bash scripts/sanitize.sh
 
