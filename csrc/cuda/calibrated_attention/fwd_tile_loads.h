@@ -26,7 +26,8 @@ __device__ __forceinline__ void load_tile(typename Traits::Element* dst, const t
 
 // The block's kBlockM rows of Q; with packed GQA, consecutive rows are the heads of one query.
 template <typename Traits, typename Position>
-__device__ __forceinline__ void load_q_tile(const FwdSmem<Traits, Position>& sm, const AttentionParams& p, const FwdBlock& blk) {
+__device__ __forceinline__ void load_q_tile(const FwdSmem<Traits, Position>& sm, const AttentionParams& p,
+                                            const FwdBlock& blk) {
   using Element = typename Traits::Element;
   const Element* q_batch = static_cast<const Element*>(p.q) + blk.b * p.q_batch_stride;
   for (int c = threadIdx.x; c < Traits::kBlockM * Traits::kChunksPerRow; c += Traits::kThreads) {
@@ -42,8 +43,8 @@ __device__ __forceinline__ void load_q_tile(const FwdSmem<Traits, Position>& sm,
 // past Lk). The plain shared stores of the bias inputs are published by the same __syncthreads that
 // publishes the cp.async tile.
 template <typename Traits, typename Position>
-__device__ __forceinline__ void load_kv_tile(const FwdSmem<Traits, Position>& sm, const AttentionParams& p, const FwdBlock& blk,
-                                             int tile, int stage) {
+__device__ __forceinline__ void load_kv_tile(const FwdSmem<Traits, Position>& sm, const AttentionParams& p,
+                                             const FwdBlock& blk, int tile, int stage) {
   using Element = typename Traits::Element;
   constexpr int BN = Traits::kBlockN;
   const Element* k_base = static_cast<const Element*>(p.k) + blk.b * p.k_batch_stride + blk.hk * p.k_head_stride;
