@@ -10,7 +10,7 @@ import torch
 import restore_ext
 from restore_ext import reference as ref
 from restore_ext.attention_bias import mrope_axis_of_freq, rope_decay_tables
-from conftest import DEVICES, DTYPES, HAS_CUDA, eager_same_precision, fa_tolerance_check
+from conftest import DEVICES, DTYPES, HAS_CUDA, eager_same_precision, fa_tolerance_check, run_isolated
 
 IMAGE, VIDEO = "image", "video"
 
@@ -212,3 +212,26 @@ def test_bad_tables_are_refused_on_cpu(name):
     change, message = BAD_VALUES[name]
     with pytest.raises(RuntimeError, match="calibrated_attention: .*" + message):
         restore_ext.calibrated_attention(q, k, v, ls, qp, kp, change(table.clone()))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU visible")
+@pytest.mark.parametrize("table, message", [
+    ("torch.full((5,), math.inf)", "table must hold finite values or -inf"),
+    ("torch.full((3, 5), 0.7)", "row maxima of an M-RoPE table must add up to less than 2"),
+    ("torch.full((3, 5), 1.5)", "decay shares in [-1, 1]"),
+])
+def test_bad_tables_are_refused_on_cuda(table, message):
+    """On CUDA the table check is a device-side assert (no host sync), as for log_size: the next synchronising
+    call raises and the kernel prints the message. A fresh process: the assert leaves the context unusable."""
+    run = run_isolated(f"""
+        import math, torch, restore_ext
+        q = torch.randn(1, 3, 2, 64, device="cuda", dtype=torch.float16)
+        table = {table}.cuda()
+        shape = (1, 3) if table.dim() == 1 else (1, 3, 3)
+        pos = torch.zeros(shape, dtype=torch.long, device="cuda")
+        restore_ext.calibrated_attention(q, q, q, None, pos, pos, table)
+        torch.cuda.synchronize()
+    """)
+    assert run.returncode != 0
+    assert "device-side assert" in run.stderr and message in run.stdout + run.stderr
