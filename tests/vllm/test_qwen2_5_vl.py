@@ -3,9 +3,11 @@ logprobs within 1e-5) with 1 and 2 images per prompt, plain attention (calibrate
 + the per-axis distance bias, once calibrated_attention takes (B, L, 3) positions); a text-only request batched
 with image requests equals plain vLLM; a KV cache small enough to force preemption (recomputed chunks that mix
 prompt and generated tokens) gives the same tokens. Engines are shared across tests (few startups)."""
+import os
+
 import pytest
 
-from conftest import NUM_TOKENS, EngineFailed, assert_same_generation, restore_overrides, run_engine
+from conftest import HERE, NUM_TOKENS, EngineFailed, assert_same_generation, restore_overrides, run_engine
 from tiny_qwen import FULL_TOKENS, PROMPTS
 
 FAMILY = "qwen2_5_vl"
@@ -27,9 +29,14 @@ def multi_axis_op_available() -> bool:
     return True
 
 
-needs_multi_axis = pytest.mark.skipif(
-    not multi_axis_op_available(),
-    reason="calibrated_attention does not take multi-axis (B, L, 3) positions yet (docs/ops.md §5b)")
+# Until the compiled op takes (B, L, 3) positions, the calibrated tests run restore_ext.calibrated_attention as its
+# float64 reference, in this process and in every vLLM process (reference_attention/sitecustomize.py).
+KERNEL = multi_axis_op_available()
+REFERENCE_ENV = {} if KERNEL else {
+    "RESTORE_TEST_REFERENCE_ATTENTION": "1",
+    "PYTHONPATH": os.pathsep.join(filter(None, [os.path.join(HERE, "reference_attention"),
+                                                os.environ.get("PYTHONPATH")])),
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +46,9 @@ def tiny_qwen(tmp_path_factory):
     return make_tiny_qwen2_5_vl(str(tmp_path_factory.mktemp("models")))
 
 
-def _engine(model, calibrate, **engine):
+def _engine(model, calibrate, env=None, **engine):
     return run_engine({"model": model, "family": FAMILY, "max_tokens": MAX_TOKENS,
-                       "engine": {"hf_overrides": restore_overrides(calibrate=calibrate), **engine}})
+                       "engine": {"hf_overrides": restore_overrides(calibrate=calibrate), **engine}}, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +84,26 @@ def test_text_request_batched_with_image_requests_equals_plain_vllm(vllm_plain, 
 
 @pytest.fixture(scope="module")
 def hf_calibrated(tiny_qwen):
+    import restore_ext
     from hf_reference import restore_greedy_qwen
 
-    return restore_greedy_qwen(tiny_qwen, NUM_TOKENS, MAX_TOKENS, calibrate=True)
+    if KERNEL:
+        return restore_greedy_qwen(tiny_qwen, NUM_TOKENS, MAX_TOKENS, calibrate=True)
+    from restore_ext import reference
+
+    def stand_in(q, k, v, log_size=None, q_pos=None, k_pos=None, table=None, causal=True, scale=None):
+        return reference.calibrated_attention(q, k, v, log_size, q_pos, k_pos, table, causal, scale).to(q.dtype)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(restore_ext, "calibrated_attention", stand_in)
+        return restore_greedy_qwen(tiny_qwen, NUM_TOKENS, MAX_TOKENS, calibrate=True)
 
 
 @pytest.fixture(scope="module")
 def vllm_calibrated(tiny_qwen):
-    return _engine(tiny_qwen, calibrate=True)
+    return _engine(tiny_qwen, calibrate=True, env=REFERENCE_ENV)
 
 
-@needs_multi_axis
 @pytest.mark.parametrize("prompt", [0, 1], ids=["1-image", "2-images"])
 def test_calibrated_greedy_tokens_and_logprobs_equal_apply_restore(vllm_calibrated, hf_calibrated, hf_plain,
                                                                    prompt):
@@ -97,6 +113,5 @@ def test_calibrated_greedy_tokens_and_logprobs_equal_apply_restore(vllm_calibrat
     assert first[0] != first[1] or abs(hf_calibrated[prompt]["logprobs"][0] - hf_plain[prompt]["logprobs"][0]) > 1e-4
 
 
-@needs_multi_axis
 def test_calibrated_text_request_equals_plain_vllm(vllm_calibrated, plain_vllm):
     assert_same_generation(vllm_calibrated["calls"][0][2], plain_vllm["calls"][0][2])
