@@ -3,6 +3,7 @@ logprobs within 1e-5) with 1 and 2 images per prompt, plain attention (calibrate
 + the per-axis distance bias, once calibrated_attention takes (B, L, 3) positions); a text-only request batched
 with image requests equals plain vLLM; a KV cache small enough to force preemption (recomputed chunks that mix
 prompt and generated tokens) gives the same tokens. Engines are shared across tests (few startups)."""
+import contextlib
 import os
 
 import pytest
@@ -82,20 +83,27 @@ def test_text_request_batched_with_image_requests_equals_plain_vllm(vllm_plain, 
     assert_same_generation(vllm_plain["calls"][0][2], plain_vllm["calls"][0][2])
 
 
-@pytest.fixture(scope="module")
-def hf_calibrated(tiny_qwen):
+@contextlib.contextmanager
+def _reference_attention():
+    """In this process, the same stand-in as REFERENCE_ENV gives the vLLM processes (nothing when the kernel has
+    multi-axis positions)."""
     import restore_ext
-    from hf_reference import restore_greedy_qwen
-
-    if KERNEL:
-        return restore_greedy_qwen(tiny_qwen, NUM_TOKENS, MAX_TOKENS, calibrate=True)
     from restore_ext import reference
 
     def stand_in(q, k, v, log_size=None, q_pos=None, k_pos=None, table=None, causal=True, scale=None):
         return reference.calibrated_attention(q, k, v, log_size, q_pos, k_pos, table, causal, scale).to(q.dtype)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(restore_ext, "calibrated_attention", stand_in)
+        if not KERNEL:
+            mp.setattr(restore_ext, "calibrated_attention", stand_in)
+        yield
+
+
+@pytest.fixture(scope="module")
+def hf_calibrated(tiny_qwen):
+    from hf_reference import restore_greedy_qwen
+
+    with _reference_attention():
         return restore_greedy_qwen(tiny_qwen, NUM_TOKENS, MAX_TOKENS, calibrate=True)
 
 
@@ -115,3 +123,24 @@ def test_calibrated_greedy_tokens_and_logprobs_equal_apply_restore(vllm_calibrat
 
 def test_calibrated_text_request_equals_plain_vllm(vllm_calibrated, plain_vllm):
     assert_same_generation(vllm_calibrated["calls"][0][2], plain_vllm["calls"][0][2])
+
+
+def test_calibrated_chunked_prefill_and_preemption_give_the_same_tokens(tiny_qwen):
+    """Prompts prefilled in chunks of 16 (images straddle chunks) and 6 blocks of 16 slots for 6 requests that
+    each grow past 2 blocks: some are preempted and recomputed from prompt + generated tokens, in chunks that mix
+    the two (prompt tokens add the distance table, generated ones do not)."""
+    from hf_reference import restore_greedy_qwen
+
+    long = 24
+    order = [0, 1, 2, 0, 1, 2]
+    res = run_engine({"model": tiny_qwen, "family": FAMILY, "prompts": order, "max_tokens": long,
+                      "engine": {"hf_overrides": restore_overrides(), "block_size": 16, "num_gpu_blocks_override": 6,
+                                 "max_model_len": 64, "enable_prefix_caching": False,
+                                 "enable_chunked_prefill": True, "max_num_batched_tokens": 16}},
+                     env=REFERENCE_ENV)
+    assert res["preemptions"] > 0
+    with _reference_attention():
+        want = restore_greedy_qwen(tiny_qwen, NUM_TOKENS, long, calibrate=True)
+    for i, prompt in enumerate(order):
+        if prompt < 2:
+            assert_same_generation(res["calls"][0][i], want[prompt])

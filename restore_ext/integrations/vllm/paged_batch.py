@@ -119,7 +119,7 @@ class GroupBias:
 
 
 def group_bias(rows: PaddedRows, state: SlotState, q_pos: Tensor, q_table: Tensor, want_table: bool) -> GroupBias:
-    """Per-key state read by slot; q_pos (T, P) / q_table (T,) bool of the step's flat queries.
+    """Per-key state read by slot; q_pos (T, P) or (T,) / q_table (T,) bool of the step's flat queries.
 
     Which queries add the distance table is a per-query fact (a request's prompt tokens do, its generated tokens
     do not), but the keys of a row are shared by its queries. A row none of whose queries adds the table gets
@@ -132,6 +132,8 @@ def group_bias(rows: PaddedRows, state: SlotState, q_pos: Tensor, q_table: Tenso
     log_size_first = torch.where(rows.key_valid, state.log_size_first[rows.key_slots], neg_inf)
     if not want_table:
         return GroupBias(rows, log_size, log_size_first, None, None)
+    if q_pos.dim() == 1:
+        q_pos = q_pos[:, None]
     qt = torch.cat([q_table, q_table.new_zeros(1)])[rows.query_index]  # (B, Lq); padding never adds it
     row_table = qt.any(1)
     if not bool(row_table.any()):
