@@ -1,43 +1,15 @@
 """RESTORE in vLLM on a tiny Qwen2.5-VL (native M-RoPE): parity with apply_restore in transformers (greedy tokens,
 logprobs within 1e-5) with 1 and 2 images per prompt, plain attention (calibrate=False) and calibrated (log(size)
-+ the per-axis distance bias, once calibrated_attention takes (B, L, 3) positions); a text-only request batched
-with image requests equals plain vLLM; a KV cache small enough to force preemption (recomputed chunks that mix
-prompt and generated tokens) gives the same tokens. Engines are shared across tests (few startups)."""
-import contextlib
-import os
-
++ the per-axis distance bias: calibrated_attention with (B, L, 3) positions, docs/ops.md §5b); a text-only request
+batched with image requests equals plain vLLM; a KV cache small enough to force preemption (recomputed chunks that
+mix prompt and generated tokens) gives the same tokens. Engines are shared across tests (few startups)."""
 import pytest
 
-from conftest import HERE, NUM_TOKENS, EngineFailed, assert_same_generation, restore_overrides, run_engine
+from conftest import NUM_TOKENS, assert_same_generation, restore_overrides, run_engine
 from tiny_qwen import FULL_TOKENS, PROMPTS
 
 FAMILY = "qwen2_5_vl"
 MAX_TOKENS = 8
-
-
-def multi_axis_op_available() -> bool:
-    """Whether this build's calibrated_attention takes (B, L, 3) positions with a (3, T) table (docs/ops.md §5b)."""
-    import torch
-
-    import restore_ext  # noqa: F401
-
-    q = torch.zeros(1, 2, 1, 32)
-    pos = torch.zeros(1, 2, 3, dtype=torch.long)
-    try:
-        torch.ops.restore.calibrated_attention(q, q, q, None, pos, pos, torch.zeros(3, 4), True, None)
-    except RuntimeError:
-        return False
-    return True
-
-
-# Until the compiled op takes (B, L, 3) positions, the calibrated tests run restore_ext.calibrated_attention as its
-# float64 reference, in this process and in every vLLM process (reference_attention/sitecustomize.py).
-KERNEL = multi_axis_op_available()
-REFERENCE_ENV = {} if KERNEL else {
-    "RESTORE_TEST_REFERENCE_ATTENTION": "1",
-    "PYTHONPATH": os.pathsep.join(filter(None, [os.path.join(HERE, "reference_attention"),
-                                                os.environ.get("PYTHONPATH")])),
-}
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +19,9 @@ def tiny_qwen(tmp_path_factory):
     return make_tiny_qwen2_5_vl(str(tmp_path_factory.mktemp("models")))
 
 
-def _engine(model, calibrate, env=None, **engine):
+def _engine(model, calibrate, **engine):
     return run_engine({"model": model, "family": FAMILY, "max_tokens": MAX_TOKENS,
-                       "engine": {"hf_overrides": restore_overrides(calibrate=calibrate), **engine}}, env=env)
+                       "engine": {"hf_overrides": restore_overrides(calibrate=calibrate), **engine}})
 
 
 @pytest.fixture(scope="module")
@@ -83,33 +55,16 @@ def test_text_request_batched_with_image_requests_equals_plain_vllm(vllm_plain, 
     assert_same_generation(vllm_plain["calls"][0][2], plain_vllm["calls"][0][2])
 
 
-@contextlib.contextmanager
-def _reference_attention():
-    """In this process, the same stand-in as REFERENCE_ENV gives the vLLM processes (nothing when the kernel has
-    multi-axis positions)."""
-    import restore_ext
-    from restore_ext import reference
-
-    def stand_in(q, k, v, log_size=None, q_pos=None, k_pos=None, table=None, causal=True, scale=None):
-        return reference.calibrated_attention(q, k, v, log_size, q_pos, k_pos, table, causal, scale).to(q.dtype)
-
-    with pytest.MonkeyPatch.context() as mp:
-        if not KERNEL:
-            mp.setattr(restore_ext, "calibrated_attention", stand_in)
-        yield
-
-
 @pytest.fixture(scope="module")
 def hf_calibrated(tiny_qwen):
     from hf_reference import restore_greedy_qwen
 
-    with _reference_attention():
-        return restore_greedy_qwen(tiny_qwen, NUM_TOKENS, MAX_TOKENS, calibrate=True)
+    return restore_greedy_qwen(tiny_qwen, NUM_TOKENS, MAX_TOKENS, calibrate=True)
 
 
 @pytest.fixture(scope="module")
 def vllm_calibrated(tiny_qwen):
-    return _engine(tiny_qwen, calibrate=True, env=REFERENCE_ENV)
+    return _engine(tiny_qwen, calibrate=True)
 
 
 @pytest.mark.parametrize("prompt", [0, 1], ids=["1-image", "2-images"])
@@ -136,11 +91,9 @@ def test_calibrated_chunked_prefill_and_preemption_give_the_same_tokens(tiny_qwe
     res = run_engine({"model": tiny_qwen, "family": FAMILY, "prompts": order, "max_tokens": long,
                       "engine": {"hf_overrides": restore_overrides(), "block_size": 16, "num_gpu_blocks_override": 6,
                                  "max_model_len": 64, "enable_prefix_caching": False,
-                                 "enable_chunked_prefill": True, "max_num_batched_tokens": 16}},
-                     env=REFERENCE_ENV)
+                                 "enable_chunked_prefill": True, "max_num_batched_tokens": 16}})
     assert res["preemptions"] > 0
-    with _reference_attention():
-        want = restore_greedy_qwen(tiny_qwen, NUM_TOKENS, long, calibrate=True)
+    want = restore_greedy_qwen(tiny_qwen, NUM_TOKENS, long, calibrate=True)
     for i, prompt in enumerate(order):
         if prompt < 2:
             assert_same_generation(res["calls"][0][i], want[prompt])
