@@ -58,21 +58,36 @@ def closest_in_b(sim: Tensor, near: Tuple[Tensor, Tensor], a: Tensor, bb: Tensor
 
     ``near`` holds every row's ``c`` highest similarities (values, columns; descending). The first B token in
     a row's list carries that row's maximum over B: every token outside the list is no more similar. Only rows
-    whose list holds no B token read their full row of ``sim``. (gather, not advanced indexing: several times
-    faster on CPU for these sizes.)
+    whose list holds no B token read their full row of ``sim``.
     """
     near_val, near_idx = near
     nb, na, c = a.shape[0], a.shape[1], near_idx.shape[-1]
+    frame = sim.shape[1]
     in_b = torch.zeros(sim.shape[:2], dtype=torch.bool, device=sim.device).scatter_(1, bb, True)
     lists = a[:, :, None].expand(nb, na, c)
     hit = in_b.gather(1, near_idx.gather(1, lists).view(nb, na * c)).view(nb, na, c)
-    found, first = hit.view(torch.uint8).max(dim=-1)  # max returns the first maximum: the first B token
-    best = near_val.gather(1, lists).gather(2, first[:, :, None]).squeeze(2)
-    missing = found == 0
+    # argmax returns the first maximum: the first B token. (Not max(dim): its kernel splits even a few hundred
+    # elements across threads, and on a loaded machine one call then waits ~16 ms for a descheduled thread.)
+    first = hit.view(torch.uint8).argmax(dim=-1, keepdim=True)
+    # Only the chosen entry of each list is read: one value per A token, not the whole list gathered.
+    best = near_val.view(nb, frame * c).gather(1, (a * c + first.view(nb, na))).view(nb * na)
+    missing = ~hit.gather(2, first).view(nb * na)
     if bool(missing.any()):
-        row, col = missing.nonzero(as_tuple=True)
-        best[row, col] = sim[row, a[row, col]].masked_fill(~in_b[row], -math.inf).amax(dim=-1)
-    return best
+        flat = missing.nonzero().squeeze(1)  # positions in (B, |A|), row-major
+        row = flat.div(na, rounding_mode="floor")
+        token = a.reshape(-1).index_select(0, flat)
+        # index_select over flat rows, not sim[row, token]: advanced indexing stalls like max(dim) above.
+        full = sim.reshape(nb * frame, frame).index_select(0, row * frame + token)
+        far = torch.where(in_b.index_select(0, row), full, -math.inf).amax(dim=-1)
+        best = best.index_copy(0, flat, far)
+    return best.view(nb, na)
+
+
+def block(sim: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``sim[b, rows[b, i], cols[b, j]]`` as (B, |rows|, |cols|), by two gathers."""
+    nb, frame = sim.shape[0], sim.shape[1]
+    picked = sim.gather(1, rows[:, :, None].expand(nb, rows.shape[1], frame))
+    return picked.gather(2, cols[:, None, :].expand(nb, rows.shape[1], cols.shape[1]))
 
 
 def neighbour_lists(sim: Tensor) -> Tuple[Tensor, Tensor]:
@@ -91,19 +106,18 @@ def remove_duplicates(features: Tensor, residual: Tensor, diverse: int) -> Tenso
     dev = features.device
     tokens = features.gather(1, residual[:, :, None].expand(b, r0, features.shape[-1]))
     sim = cosine_gram("vispruner_indices", tokens)  # (B, R0, R0): every pair a round can compare
-    batch = torch.arange(b, device=dev)[:, None, None]
     order = torch.arange(r0, device=dev).expand(b, r0)
     near = neighbour_lists(sim) if r0 > DIRECT_FRAME else None
     for r in vispruner_rounds(r0, diverse):
         count = order.shape[1]
         if count <= sim.shape[1] // 2:
-            sim = sim[batch, order[:, :, None], order[:, None, :]]
+            sim = block(sim, order, order)
             residual = residual.gather(1, order)
             order = torch.arange(count, device=dev).expand(b, count)
             near = neighbour_lists(sim) if count > DIRECT_FRAME else None
         a, bb = order[:, 0::2], order[:, 1::2]
         if near is None:
-            best = sim[batch, a[:, :, None], bb[:, None, :]].amax(dim=-1)
+            best = block(sim, a, bb).amax(dim=-1)
         else:
             best = closest_in_b(sim, near, a, bb)
         survivors = a.gather(1, descending_order(best)[:, r:])  # empty when r >= |A|
