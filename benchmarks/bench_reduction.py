@@ -159,7 +159,8 @@ def cases(quick, device):
             out_cases += [
                 Case("vispruner_indices", f"B{b} N{n} D{d} k{r}", dt, device,
                      ours=lambda t=t, r=r: vispruner_indices(t.x, r, t.att),
-                     peers=peers(authors_loop=None if slow_loop else (lambda t=t, r=r: authors_vispruner(t.x, r, t.att)))),
+                     peers=peers(authors_loop=None if slow_loop else (
+                         lambda t=t, r=r: authors_vispruner(t.x, r, t.att)))),
                 Case("holov_indices", f"B{b} N{n} D{d} k{r}", dt, device,
                      ours=lambda t=t, r=r: holov_indices(t.x, r, t.att),
                      peers={"authors_loop": lambda t=t, r=r: authors_holov(t.x, r, t.att)}),
