@@ -31,6 +31,7 @@ from ._scored_inputs import check_scored_inputs, cosine_gram
 
 ROUND_LIMIT = 8  # VisPruner removes at most this many duplicates per matching round
 NEIGHBOURS = 16  # length of each token's list of most similar tokens; a row whose list has no B token is rare
+MIN_NEIGHBOURS = 8
 DIRECT_FRAME = 64  # at or below this many tokens in play, A x B is gathered directly
 
 
@@ -91,7 +92,13 @@ def block(sim: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
 
 
 def neighbour_lists(sim: Tensor) -> Tuple[Tensor, Tensor]:
-    return torch.topk(sim, min(NEIGHBOURS, sim.shape[-1]), dim=-1)
+    """Each row's most similar tokens, (values, columns) descending: 16, or fewer (not under 8) where a round's
+    lookups (B x |A| x list length, |A| about half the frame) would pass torch's parallel grain of 32768 elements.
+    Those gathers are memory-bound and gain little from a second thread, but on a loaded machine each waits ~15 ms
+    for one; a shorter list costs only a few more rows read in full."""
+    nb, frame = sim.shape[0], sim.shape[1]
+    length = min(NEIGHBOURS, max(MIN_NEIGHBOURS, 32768 // max(1, nb * ((frame + 1) // 2))), frame)
+    return torch.topk(sim, length, dim=-1)
 
 
 def remove_duplicates(features: Tensor, residual: Tensor, diverse: int) -> Tensor:
