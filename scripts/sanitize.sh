@@ -68,7 +68,7 @@ else
         case $t in
             *_cuda.py|*cuda_emulation*|*cmake_build*|*compile_and_build*|*test_docs*|*info_and_loading*) ;;
             # models and integrations (slow under ASan, and they reach the kernels through the op tests' paths)
-            *transformers_*|*cls_attention*|*qwen_models*|*lmms_eval*|*vllm_*|*visualize*|*bench_end_to_end*) ;;
+            *transformers_*|*cls_attention*|*qwen_models*|*lmms_eval*|*vllm_*|*visualize*|*bench_end_to_end*|*test_demo*) ;;
             *large_n_cpu*) ;;  # N = 20000 timed in seconds: not what an -O1 sanitized build is for
             *) TESTS+=("$t") ;;
         esac
