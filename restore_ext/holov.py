@@ -54,10 +54,14 @@ def crop_scores(features: Tensor, attention: Tensor) -> Tensor:
             scores.append(att[..., 0])
             continue
         x = features[:, start : start + count * m].reshape(b, count, m, d)
-        sim = cosine_gram("holov_indices", x, EPS).double()  # f = x / (|x| + 1e-6), f f^T
+        sim = cosine_gram("holov_indices", x, EPS)  # f = x / (|x| + 1e-6), f f^T
         sim.diagonal(dim1=-2, dim2=-1).zero_()
-        mu = sim.sum(dim=-1) / (m - 1)
-        var = (sim - mu[..., None]).square().sum(dim=-1) / (m - 1)
+        # Row sums and sums of squares accumulated in float64 straight from the Gram matrix (no float64 copy of it,
+        # no (S - mu) matrix): sum_j (S_ij - mu)^2 = sum_j S_ij^2 - 2 mu sum_j S_ij + m mu^2 over all m entries.
+        total = sim.sum(dim=-1, dtype=torch.float64)
+        squares = torch.linalg.vector_norm(sim, dim=-1, dtype=torch.float64).square()
+        mu = total / (m - 1)
+        var = (squares - 2 * mu * total + m * mu.square()).clamp_min(0) / (m - 1)
         att = att * ATTENTION_SCALE
         scale = att.abs().mean(dim=-1, keepdim=True) / (var.abs().mean(dim=-1, keepdim=True) + EPS)
         scores.append((att + ALPHA * var * scale).mean(dim=-1))
