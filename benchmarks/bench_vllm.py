@@ -1,0 +1,153 @@
+"""vLLM offline throughput with and without RESTORE: requests/s, prompt tokens/s, output tokens/s and mean time to
+first token, on LLaVA-1.5-7B's shapes scaled to the machine (random weights, built offline: nothing downloaded).
+
+    bash scripts/vllm_env.sh .venv-vllm                                  # or `make bench-vllm`, which does both
+    .venv-vllm/bin/python benchmarks/bench_vllm.py                       # CPU, scale 0.125
+    .venv-vllm/bin/python benchmarks/bench_vllm.py --scale 1 --dtype bfloat16   # the real 7B sizes (a GPU)
+
+--scale s multiplies every width and depth of LLaVA-1.5-7B (CLIP ViT-L/14-336 + Vicuna-7B) by s as
+bench_end_to_end.py does, keeping head dims (64 vision, 128 text), the 336-pixel image, its 576 visual tokens and
+the 32000-token vocabulary. The tokenizer is the tests' tiny offline one (its ids are all below the model's
+vocabulary; outputs are not detokenized). Each engine runs in its own interpreter (vLLM engines do not shut down
+cleanly enough to share one): plain vLLM with the plugin switched off (VLLM_PLUGINS=""), and RESTORE through
+`hf_overrides=restore_ext.integrations.vllm.hf_overrides(num_tokens=K)`. Both get the same prompts (one distinct
+random image each), greedy, `ignore_eos` so every request decodes exactly --max-tokens, after one warm-up request.
+TTFT is vLLM's own per-request first-token latency (arrival to first token): in an offline batch it includes the
+wait for a scheduling slot. Prompt tokens/s counts the tokens each engine's LLM actually took (RESTORE's prompts
+are shorter), so requests/s is the like-for-like figure. Writes benchmarks/results/vllm-<device>-<scale>-<date>.json.
+"""
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS_VLLM = os.path.join(os.path.dirname(HERE), "tests", "vllm")
+ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_HOST_IP": "127.0.0.1",  # loopback only
+       "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
+PROMPT = "USER: <image>\nWhat is shown in this image? Describe it in one sentence. ASSISTANT:"
+IMAGE_SIDE = 336
+
+
+def build_checkpoint(scale: float, out_dir: str) -> tuple[str, int]:
+    """LLaVA-1.5-7B's config scaled by `scale`, random weights, saved the way llava-hf checkpoints are (with the
+    tests' tiny tokenizer and a 336-pixel CLIP processor). Returns (path, parameter count)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
+
+    sys.path.insert(0, HERE)
+    sys.path.insert(0, TESTS_VLLM)
+    from model_configs import llava15_config
+    from tiny_models import _tokenizer
+
+    torch.manual_seed(0)
+    tok = _tokenizer()
+    cfg = llava15_config(scale)
+    cfg.image_token_id = tok.convert_tokens_to_ids("<image>")
+    cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = 0, 1
+    model = LlavaForConditionalGeneration(cfg).to(torch.float32)
+    params = sum(p.numel() for p in model.parameters())
+    path = os.path.join(out_dir, f"llava15-scale{scale:g}")
+    model.save_pretrained(path)
+    images = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIDE}, crop_size={"height": IMAGE_SIDE,
+                                                                              "width": IMAGE_SIDE})
+    LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1,
+                   chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}").save_pretrained(path)
+    # vLLM's loader wants the CLIP weights under vision_tower.vision_model.* as in llava-hf (see tiny_models.py)
+    weights = os.path.join(path, "model.safetensors")
+    sd = load_file(weights)
+    sd = {("vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.") else k): v
+          for k, v in sd.items()}
+    save_file(sd, weights, metadata={"format": "pt"})
+    return path, params
+
+
+def run_engine(spec: dict) -> dict:
+    """One engine in this interpreter: warm-up, then the timed batch. Returns the measurements."""
+    import numpy as np
+    from PIL import Image
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=spec["model"], dtype=spec["dtype"], enforce_eager=True, max_model_len=1024,
+              max_num_seqs=spec["requests"], max_num_batched_tokens=4096, limit_mm_per_prompt={"image": 1},
+              enable_prefix_caching=False, disable_log_stats=False, **spec["engine"])
+    rng = np.random.default_rng(0)
+    pics = [Image.fromarray(rng.integers(0, 255, (IMAGE_SIDE, IMAGE_SIDE, 3), dtype=np.uint8))
+            for _ in range(spec["requests"] + 1)]
+    params = SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0, ignore_eos=True, detokenize=False)
+    llm.generate([{"prompt": PROMPT, "multi_modal_data": {"image": pics[-1]}}], params, use_tqdm=False)  # warm-up
+    prompts = [{"prompt": PROMPT, "multi_modal_data": {"image": p}} for p in pics[:-1]]
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    wall = time.perf_counter() - t0
+    prompt_tokens = sum(len(o.prompt_token_ids) for o in outs)
+    output_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    ttft = [o.metrics.first_token_latency for o in outs if o.metrics is not None]
+    if len(ttft) != len(outs):
+        raise RuntimeError("bench_vllm: vLLM returned no per-request metrics (disable_log_stats must be False)")
+    return {"wall_s": wall, "requests": len(outs), "prompt_tokens": prompt_tokens, "output_tokens": output_tokens,
+            "prompt_len": len(outs[0].prompt_token_ids), "requests_per_s": len(outs) / wall,
+            "prompt_tokens_per_s": prompt_tokens / wall, "output_tokens_per_s": output_tokens / wall,
+            "mean_ttft_s": statistics.fmean(ttft)}
+
+
+def run_in_subprocess(spec: dict, env: dict) -> dict:
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--engine-spec", json.dumps(spec)],
+                          capture_output=True, text=True, env={**os.environ, **ENV, **env}, cwd=TESTS_VLLM)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"bench_vllm: engine failed (exit {proc.returncode})\n{proc.stdout[-3000:]}\n"
+                       f"{proc.stderr[-6000:]}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", type=float, default=0.125, help="times LLaVA-1.5-7B's widths and depths")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--requests", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=20)
+    ap.add_argument("--num-tokens", type=int, default=64, help="RESTORE's visual tokens per image")
+    ap.add_argument("--engine-spec", help=argparse.SUPPRESS)  # internal: run one engine and print RESULT
+    args = ap.parse_args(argv)
+    if args.engine_spec:
+        print("RESULT " + json.dumps(run_engine(json.loads(args.engine_spec))), flush=True)
+        return
+
+    import torch
+    import vllm
+    from restore_ext.integrations.vllm import hf_overrides
+
+    with tempfile.TemporaryDirectory(prefix="bench_vllm_") as tmp:
+        path, params = build_checkpoint(args.scale, tmp)
+        base = {"model": path, "dtype": args.dtype, "requests": args.requests, "max_tokens": args.max_tokens}
+        runs = {"vLLM": run_in_subprocess({**base, "engine": {}}, {"VLLM_PLUGINS": ""}),
+                f"vLLM + RESTORE {args.num_tokens}": run_in_subprocess(
+                    {**base, "engine": {"hf_overrides": hf_overrides(num_tokens=args.num_tokens)}}, {})}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"LLaVA-1.5-7B x {args.scale:g} ({params / 1e6:.0f} M parameters, random weights), {args.dtype}, "
+          f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__}, vLLM {vllm.__version__}; "
+          f"{args.requests} requests x 1 image (576 visual tokens), {args.max_tokens} output tokens each")
+    print("| engine | LLM prompt tokens / request | requests/s | prompt tokens/s | output tokens/s | mean TTFT | "
+          "requests/s vs vLLM |\n|---|---|---|---|---|---|---|")
+    ref = runs["vLLM"]["requests_per_s"]
+    for name, r in runs.items():
+        print(f"| {name} | {r['prompt_len']} | {r['requests_per_s']:.3f} | {r['prompt_tokens_per_s']:.1f} | "
+              f"{r['output_tokens_per_s']:.2f} | {r['mean_ttft_s']:.2f} s | {r['requests_per_s'] / ref:.2f}x |")
+    out = os.path.join(HERE, "results", f"vllm-{device}-scale{args.scale:g}-{datetime.date.today()}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"scale": args.scale, "parameters": params, "dtype": args.dtype, "device": device,
+                   "torch": torch.__version__, "vllm": vllm.__version__, "runs": runs}, f, indent=1)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
