@@ -30,43 +30,67 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS_VLLM = os.path.join(os.path.dirname(HERE), "tests", "vllm")
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_HOST_IP": "127.0.0.1",  # loopback only
        "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
-PROMPT = "USER: <image>\nWhat is shown in this image? Describe it in one sentence. ASSISTANT:"
-IMAGE_SIDE = 336
+# family -> (the real model, its prompt with one image, image side in pixels: LLaVA's 336 and for Qwen2.5-VL the side
+# that gives the same 576 visual tokens, 48 x 48 patches of 14 merged 2 x 2)
+FAMILIES = {"llava": ("LLaVA-1.5-7B", "USER: <image>\nWhat is shown in this image? Describe it briefly. ASSISTANT:", 336),
+            "qwen2_5_vl": ("Qwen2.5-VL-7B", "USER: <|vision_start|><|image_pad|><|vision_end|>What is shown in this "
+                           "image? Describe it briefly. ASSISTANT:", 672)}
 
 
-def build_checkpoint(scale: float, out_dir: str) -> tuple[str, int]:
-    """LLaVA-1.5-7B's config scaled by `scale`, random weights, saved the way llava-hf checkpoints are (with the
-    tests' tiny tokenizer and a 336-pixel CLIP processor). Returns (path, parameter count)."""
-    import torch
+def _save_weights_as_vllm_loads_them(path: str):
+    """vLLM's LLaVA loader wants the CLIP weights under vision_tower.vision_model.* as in llava-hf (tiny_models.py)."""
     from safetensors.torch import load_file, save_file
-    from transformers import CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-    sys.path.insert(0, HERE)
-    sys.path.insert(0, TESTS_VLLM)
-    from model_configs import llava15_config
-    from tiny_models import _tokenizer
-
-    torch.manual_seed(0)
-    tok = _tokenizer()
-    cfg = llava15_config(scale)
-    cfg.image_token_id = tok.convert_tokens_to_ids("<image>")
-    cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = 0, 1
-    model = LlavaForConditionalGeneration(cfg).to(torch.float32)
-    params = sum(p.numel() for p in model.parameters())
-    path = os.path.join(out_dir, f"llava15-scale{scale:g}")
-    model.save_pretrained(path)
-    images = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIDE}, crop_size={"height": IMAGE_SIDE,
-                                                                              "width": IMAGE_SIDE})
-    LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-                   num_additional_image_tokens=1,
-                   chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}").save_pretrained(path)
-    # vLLM's loader wants the CLIP weights under vision_tower.vision_model.* as in llava-hf (see tiny_models.py)
     weights = os.path.join(path, "model.safetensors")
     sd = load_file(weights)
     sd = {("vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.") else k): v
           for k, v in sd.items()}
     save_file(sd, weights, metadata={"format": "pt"})
-    return path, params
+
+
+def build_checkpoint(family: str, scale: float, out_dir: str) -> tuple[str, int]:
+    """The real model's config scaled by `scale`, random weights, the tests' tiny tokenizer, the real image
+    processor settings. Returns (path, parameter count)."""
+    import torch
+
+    sys.path[:0] = [HERE, TESTS_VLLM]
+    import model_configs
+    import tiny_models
+    import tiny_qwen
+
+    torch.manual_seed(0)
+    side, path = FAMILIES[family][2], os.path.join(out_dir, f"{family}-scale{scale:g}")
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    if family == "llava":
+        from transformers import CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
+
+        tok = tiny_models._tokenizer()
+        cfg = model_configs.llava15_config(scale)
+        cfg.image_token_id = tok.convert_tokens_to_ids("<image>")
+        cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = 0, 1
+        model = LlavaForConditionalGeneration(cfg)
+        images = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+        processor = LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=14, chat_template=template,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    else:
+        from transformers import (Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor,
+                                  Qwen2VLVideoProcessor)
+
+        tok = tiny_qwen._tokenizer()
+        ids = {name: tok.convert_tokens_to_ids(t) for name, t in (
+            ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+        model = Qwen2_5_VLForConditionalGeneration(model_configs.qwen2_5_vl_config(scale, **ids))
+        size = {"shortest_edge": side * side, "longest_edge": side * side}
+        kw = dict(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
+        processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tok,
+                                        video_processor=Qwen2VLVideoProcessor(**kw), chat_template=template)
+    model = model.to(torch.float32)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    if family == "llava":
+        _save_weights_as_vllm_loads_them(path)
+    return path, sum(p.numel() for p in model.parameters())
 
 
 def run_engine(spec: dict) -> dict:
@@ -78,12 +102,13 @@ def run_engine(spec: dict) -> dict:
     llm = LLM(model=spec["model"], dtype=spec["dtype"], enforce_eager=True, max_model_len=1024,
               max_num_seqs=spec["requests"], max_num_batched_tokens=4096, limit_mm_per_prompt={"image": 1},
               enable_prefix_caching=False, disable_log_stats=False, **spec["engine"])
+    _, prompt, side = FAMILIES[spec.get("family", "llava")]
     rng = np.random.default_rng(0)
-    pics = [Image.fromarray(rng.integers(0, 255, (IMAGE_SIDE, IMAGE_SIDE, 3), dtype=np.uint8))
+    pics = [Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
             for _ in range(spec["requests"] + 1)]
     params = SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0, ignore_eos=True, detokenize=False)
-    llm.generate([{"prompt": PROMPT, "multi_modal_data": {"image": pics[-1]}}], params, use_tqdm=False)  # warm-up
-    prompts = [{"prompt": PROMPT, "multi_modal_data": {"image": p}} for p in pics[:-1]]
+    llm.generate([{"prompt": prompt, "multi_modal_data": {"image": pics[-1]}}], params, use_tqdm=False)  # warm-up
+    prompts = [{"prompt": prompt, "multi_modal_data": {"image": p}} for p in pics[:-1]]
     t0 = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     wall = time.perf_counter() - t0
@@ -110,6 +135,7 @@ def run_in_subprocess(spec: dict, env: dict) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--family", choices=sorted(FAMILIES), default="llava")
     ap.add_argument("--scale", type=float, default=0.125, help="times LLaVA-1.5-7B's widths and depths")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--requests", type=int, default=8)
@@ -126,13 +152,13 @@ def main(argv=None):
     from restore_ext.integrations.vllm import hf_overrides
 
     with tempfile.TemporaryDirectory(prefix="bench_vllm_") as tmp:
-        path, params = build_checkpoint(args.scale, tmp)
-        base = {"model": path, "dtype": args.dtype, "requests": args.requests, "max_tokens": args.max_tokens}
+        path, params = build_checkpoint(args.family, args.scale, tmp)
+        base = {"model": path, "family": args.family, "dtype": args.dtype, "requests": args.requests, "max_tokens": args.max_tokens}
         runs = {"vLLM": run_in_subprocess({**base, "engine": {}}, {"VLLM_PLUGINS": ""}),
                 f"vLLM + RESTORE {args.num_tokens}": run_in_subprocess(
                     {**base, "engine": {"hf_overrides": hf_overrides(num_tokens=args.num_tokens)}}, {})}
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"LLaVA-1.5-7B x {args.scale:g} ({params / 1e6:.0f} M parameters, random weights), {args.dtype}, "
+    print(f"{FAMILIES[args.family][0]} x {args.scale:g} ({params / 1e6:.0f} M parameters, random weights), {args.dtype}, "
           f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__}, vLLM {vllm.__version__}; "
           f"{args.requests} requests x 1 image (576 visual tokens), {args.max_tokens} output tokens each")
     print("| engine | LLM prompt tokens / request | requests/s | prompt tokens/s | output tokens/s | mean TTFT | "
@@ -141,10 +167,10 @@ def main(argv=None):
     for name, r in runs.items():
         print(f"| {name} | {r['prompt_len']} | {r['requests_per_s']:.3f} | {r['prompt_tokens_per_s']:.1f} | "
               f"{r['output_tokens_per_s']:.2f} | {r['mean_ttft_s']:.2f} s | {r['requests_per_s'] / ref:.2f}x |")
-    out = os.path.join(HERE, "results", f"vllm-{device}-scale{args.scale:g}-{datetime.date.today()}.json")
+    out = os.path.join(HERE, "results", f"vllm-{args.family}-{device}-scale{args.scale:g}-{datetime.date.today()}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"scale": args.scale, "parameters": params, "dtype": args.dtype, "device": device,
+        json.dump({"family": args.family, "scale": args.scale, "parameters": params, "dtype": args.dtype, "device": device,
                    "torch": torch.__version__, "vllm": vllm.__version__, "runs": runs}, f, indent=1)
     print(f"wrote {out}")
 
