@@ -1,20 +1,21 @@
 """vLLM offline throughput with and without RESTORE: requests/s, prompt tokens/s, output tokens/s and mean time to
-first token, on LLaVA-1.5-7B's shapes scaled to the machine (random weights, built offline: nothing downloaded).
+first token, on LLaVA-1.5-7B's or Qwen2.5-VL-7B's shapes scaled to the machine (random weights, built offline:
+nothing downloaded).
 
     bash scripts/vllm_env.sh .venv-vllm                                  # or `make bench-vllm`, which does both
     .venv-vllm/bin/python benchmarks/bench_vllm.py                       # CPU, scale 0.125
+    .venv-vllm/bin/python benchmarks/bench_vllm.py --family qwen2_5_vl --scale 0.25
     .venv-vllm/bin/python benchmarks/bench_vllm.py --scale 1 --dtype bfloat16   # the real 7B sizes (a GPU)
 
---scale s multiplies every width and depth of LLaVA-1.5-7B (CLIP ViT-L/14-336 + Vicuna-7B) by s as
-bench_end_to_end.py does, keeping head dims (64 vision, 128 text), the 336-pixel image, its 576 visual tokens and
-the 32000-token vocabulary. The tokenizer is the tests' tiny offline one (its ids are all below the model's
+--scale s multiplies every width and depth of the real model by s (benchmarks/model_configs.py), keeping head dims,
+the vocabulary and 576 visual tokens per image (LLaVA: 336 pixels; Qwen2.5-VL: 672 pixels, merged 2 x 2). The tokenizer is the tests' tiny offline one (its ids are all below the model's
 vocabulary; outputs are not detokenized). Each engine runs in its own interpreter (vLLM engines do not shut down
 cleanly enough to share one): plain vLLM with the plugin switched off (VLLM_PLUGINS=""), and RESTORE through
 `hf_overrides=restore_ext.integrations.vllm.hf_overrides(num_tokens=K)`. Both get the same prompts (one distinct
 random image each), greedy, `ignore_eos` so every request decodes exactly --max-tokens, after one warm-up request.
 TTFT is vLLM's own per-request first-token latency (arrival to first token): in an offline batch it includes the
 wait for a scheduling slot. Prompt tokens/s counts the tokens each engine's LLM actually took (RESTORE's prompts
-are shorter), so requests/s is the like-for-like figure. Writes benchmarks/results/vllm-<device>-<scale>-<date>.json.
+are shorter), so requests/s is the like-for-like figure. Writes benchmarks/results/vllm-<family>-<device>-scale<s>-<date>.json.
 """
 import argparse
 import datetime
