@@ -8,7 +8,7 @@ MAX_JOBS ?= $(shell nproc)
 DEPS := torch==$(TORCH_VERSION) hypothesis matplotlib ninja numpy pybind11 pytest pytest-benchmark "setuptools>=77" wheel "transformers>=5,<6"
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h') setup.py
 
-.PHONY: test fuzz sanitize sanitize-quick test-eval test-vllm bench bench-e2e demo build wheel wheel-test clean
+.PHONY: test fuzz sanitize sanitize-quick test-eval test-vllm bench bench-e2e bench-vllm demo build wheel wheel-test clean
 
 $(VENV)/.deps-stamp: Makefile
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -71,6 +71,13 @@ bench: build
 # A whole LLaVA-1.5 model (7B shapes scaled to the CPU): time to first token by stage, decode, peak memory.
 bench-e2e: build
 	$(PY) benchmarks/bench_end_to_end.py
+
+# vLLM offline throughput (requests/s, tokens/s, time to first token) with and without RESTORE, in the vLLM venv,
+# on LLaVA-1.5-7B's shapes scaled to the CPU (BENCH_VLLM_ARGS="--scale 1 --dtype bfloat16" for the real sizes).
+# Not run by CI: two engines of the scaled model take minutes on 2 cores.
+bench-vllm:
+	bash scripts/vllm_env.sh $(VENV_VLLM)
+	$(abspath $(VENV_VLLM))/bin/python benchmarks/bench_vllm.py $(BENCH_VLLM_ARGS)
 
 # RESTORE inside a small random-weight LLaVA (576-token image): tokens, prefill time, attention share, KL.
 demo: build

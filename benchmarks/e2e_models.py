@@ -13,49 +13,14 @@ from typing import Callable, List
 
 import torch
 
+from model_configs import llava15_config, qwen2_5_vl_config
+
 SYSTEM, QUESTION, IMAGE_TOKENS = 35, 15, 576
 MODELS = ("llava15", "qwen2_5_vl")
 
 
-def width(full, scale, multiple):
-    return max(multiple, round(full * scale / multiple) * multiple)
-
-
-def llava15_config(scale: float):
-    """LLaVA-1.5-7B's config with widths and depths times `scale` (head dims kept)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-    vh, th = width(1024, scale, 64), width(4096, scale, 128)
-    vision = CLIPVisionConfig(hidden_size=vh, intermediate_size=width(4096, scale, 64), num_attention_heads=vh // 64,
-                              num_hidden_layers=max(2, round(24 * scale)), image_size=336, patch_size=14,
-                              projection_dim=768)
-    text = LlamaConfig(hidden_size=th, intermediate_size=width(11008, scale, 16), num_attention_heads=th // 128,
-                       num_key_value_heads=th // 128, num_hidden_layers=max(1, round(32 * scale)), vocab_size=32000,
-                       max_position_embeddings=4096, rms_norm_eps=1e-5, pad_token_id=0)
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=32000 - 1, vision_feature_layer=-2,
-                       vision_feature_select_strategy="default", pad_token_id=0)
-
-
 QWEN_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
 QWEN_GRID = 48  # patches per side: 48 x 48 patches of 14 px, merged 2 x 2 -> 576 tokens
-
-
-def qwen2_5_vl_config(scale: float):
-    """Qwen2.5-VL-7B-Instruct's config with widths and depths times `scale` (head dims 80 / 128 kept, 7 query
-    heads per key/value head, window attention with a full-attention block closing each quarter of the tower)."""
-    from transformers import Qwen2_5_VLConfig
-
-    vh, th = width(1280, scale, 80), width(3584, scale, 128)
-    depth = max(4, round(32 * scale))
-    vision = dict(depth=depth, hidden_size=vh, intermediate_size=width(3420, scale, 4), num_heads=vh // 80,
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                  fullatt_block_indexes=[(i + 1) * depth // 4 - 1 for i in range(4)], out_hidden_size=th)
-    heads = th // 128
-    text = dict(hidden_size=th, intermediate_size=width(18944, scale, 16), num_hidden_layers=max(1, round(28 * scale)),
-                num_attention_heads=heads, num_key_value_heads=max(1, heads // 7), vocab_size=152064,
-                max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[16, 24, 24]))
-    return Qwen2_5_VLConfig(vision_config=vision, text_config=text, pad_token_id=151643, **QWEN_IDS)
 
 
 @dataclasses.dataclass
@@ -103,7 +68,7 @@ def build(name: str, scale: float, device, dtype) -> BenchModel:
     if name == "qwen2_5_vl":
         from transformers import Qwen2_5_VLForConditionalGeneration
 
-        config = qwen2_5_vl_config(scale)
+        config = qwen2_5_vl_config(scale, pad_token_id=151643, **QWEN_IDS)
         model = _instantiate(Qwen2_5_VLForConditionalGeneration, config, device, dtype)
         image = torch.cat([torch.tensor([QWEN_IDS["vision_start_token_id"]]),
                            torch.full((IMAGE_TOKENS,), QWEN_IDS["image_token_id"]),

@@ -46,7 +46,7 @@ def test_end_to_end_benchmark_qwen2_5_vl_small_scale(tmp_path, capsys):
 
 
 def test_qwen2_5_vl_shapes_scale_as_documented():
-    from e2e_models import qwen2_5_vl_config
+    from model_configs import qwen2_5_vl_config
 
     full, quarter = qwen2_5_vl_config(1.0), qwen2_5_vl_config(0.25)
     v, t = full.vision_config, full.text_config
