@@ -61,6 +61,14 @@ def _flash_peer(qt, kt, vt, causal):
     return None
 
 
+def _qkv_and_sizes(b, lq, lk, h, hkv, dh, device, dtype):
+    """Random q (B, Lq, H, Dh), k and v (B, Lk, Hkv, Dh), and log(size) of keys standing for 1 to 8 tokens."""
+    q = torch.randn(b, lq, h, dh, device=device, dtype=dtype)
+    k = torch.randn(b, lk, hkv, dh, device=device, dtype=dtype)
+    v = torch.randn(b, lk, hkv, dh, device=device, dtype=dtype)
+    return q, k, v, torch.log(torch.randint(1, 9, (b, lk), device=device).float())
+
+
 def attention_cases(quick, device):
     if device == "cpu":
         shapes = [(512, 512, 8, torch.float32), (2048, 2048, 8, torch.float32), (1, 4096, 8, torch.float32),
@@ -73,10 +81,7 @@ def attention_cases(quick, device):
     cases = []
     for lq, lk, hkv, dtype in shapes:
         b, h, dh = 1, 32, 128
-        q = torch.randn(b, lq, h, dh, device=device, dtype=dtype)
-        k = torch.randn(b, lk, hkv, dh, device=device, dtype=dtype)
-        v = torch.randn(b, lk, hkv, dh, device=device, dtype=dtype)
-        log_size = torch.log(torch.randint(1, 9, (b, lk), device=device).float())
+        q, k, v, log_size = _qkv_and_sizes(b, lq, lk, h, hkv, dh, device, dtype)
         k_pos = torch.arange(lk, device=device)[None] * 2
         q_pos = k_pos[:, -lq:]
         table = ref.distance_bias_table(2 * lk, restore_ext.default_inv_freq(dh)).to(device)
@@ -130,10 +135,7 @@ def mrope_cases(quick, device):
     cases = []
     for lq, lk, hkv, dtype in shapes:
         b, h, dh = 1, 32, 128
-        q = torch.randn(b, lq, h, dh, device=device, dtype=dtype)
-        k = torch.randn(b, lk, hkv, dh, device=device, dtype=dtype)
-        v = torch.randn(b, lk, hkv, dh, device=device, dtype=dtype)
-        log_size = torch.log(torch.randint(1, 9, (b, lk), device=device).float())
+        q, k, v, log_size = _qkv_and_sizes(b, lq, lk, h, hkv, dh, device, dtype)
         k_pos = qwen_like_positions(lk, device)
         q_pos = k_pos[:, -lq:]
         axes = mrope_axis_of_freq([16, 24, 24], dh // 2, interleaved=False)  # Qwen2.5-VL's sections
