@@ -7,6 +7,9 @@ Environment:
   RESTORE_EXT_CPU_ONLY=1   skip the CUDA kernels
   RESTORE_EXT_REQUIRE_CUDA=1  fail instead of building CPU-only when CUDA cannot be built (CI uses it)
   RESTORE_EXT_PREBUILT=1   package the in-place build (make build) without compiling; same torch only
+  RESTORE_EXT_SANITIZE=1   CPU kernels under AddressSanitizer + UndefinedBehaviorSanitizer (needs
+                           RESTORE_EXT_CPU_ONLY=1; `make sanitize` builds so in a copy of the tree, see
+                           scripts/sanitize.sh)
 """
 import glob
 import os
@@ -104,6 +107,14 @@ sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
 include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
 cxx_flags = ["-O3", "-fopenmp"]
 extra_link_args = ["-fopenmp"]
+if os.environ.get("RESTORE_EXT_SANITIZE") == "1":
+    if with_cuda:
+        sys.exit("restore_ext: RESTORE_EXT_SANITIZE=1 sanitizes the CPU kernels only; set RESTORE_EXT_CPU_ONLY=1 too")
+    sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+    # -O1: readable reports, still fast enough for the tests. -fno-wrapv: Python's own build flags carry
+    # -fwrapv, which defines signed overflow as wrapping and so hides it from UBSan.
+    cxx_flags = ["-O1", "-fno-wrapv", "-fopenmp"] + sanitize
+    extra_link_args += sanitize
 if with_cuda:
     sources += sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True))
     include_dirs += _cusparse_include_dirs()

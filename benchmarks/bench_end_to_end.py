@@ -1,22 +1,25 @@
 """End to end: time to first token (vision tower / reduction / LLM prefill), decode tokens/s and peak memory of a
-LLaVA-1.5 model, full vs pruning alone vs ToMe-style merging vs RESTORE, at 64 / 128 / 192 visual tokens.
+LLaVA-1.5 or Qwen2.5-VL model, full vs pruning alone vs ToMe-style merging vs RESTORE, at 64 / 128 / 192 visual
+tokens.
 
     python benchmarks/bench_end_to_end.py                          # CPU, LLaVA-1.5-7B shapes scaled by 0.25
+    python benchmarks/bench_end_to_end.py --model qwen2_5_vl       # CPU, Qwen2.5-VL-7B shapes scaled by 0.25
     python benchmarks/bench_end_to_end.py --device cuda --scale full   # the real 7B sizes on a GPU
 
 Random weights from the model's config (nothing is downloaded): timing does not depend on the weights. --scale s
-multiplies every width and depth of LLaVA-1.5-7B (CLIP ViT-L/14-336 + Vicuna-7B) by s, keeping head dims (64
-vision, 128 text) and the token counts (576 patches, a 35 + 576 + 15 token prompt) as they are. Every variant
-runs through the model's own forward on the same prompt; the stages come from forward hooks on the vision
-tower, the projector and the language model (CUDA is synchronised in each):
-  vision    = vision tower + projector;   reduction = projector end -> LLM start (selection, merging,
-  building the shortened sequence; for the full model, placing the features);   LLM = language model prefill;
-  TTFT      = the whole prefill call up to the first token id.
+multiplies every width and depth of the 7B model by s, keeping head dims, the vocabulary and the token counts
+(benchmarks/e2e_models.py: LLaVA-1.5-7B = CLIP ViT-L/14-336 + Vicuna-7B; Qwen2.5-VL-7B-Instruct; both prompts hold
+576 image tokens). Every variant runs through the model's own forward on the same prompt; the stages come from
+forward hooks on the vision tower, the projector and the language model (CUDA is synchronised in each):
+  vision    = vision tower + projector (Qwen: its tower, merger included);   reduction = vision end -> LLM start
+  (selection, merging, building the shortened sequence; for the full model, placing the features);
+  LLM = language model prefill;   TTFT = the whole prefill call up to the first token id.
 - full: the model as it is (SDPA);  prune: DivPrune's K tokens (restore_ext.divprune_indices), positions
-  0..L'-1, SDPA;  ToMe: bipartite soft matching down to K tokens (benchmarks/bench_reduction.tome_merge), SDPA;
-  RESTORE: apply_restore(model, num_tokens=K) (DivPrune half, merged half, calibrated attention).
+  0..L'-1 (Qwen: on all three M-RoPE axes), SDPA;  ToMe: bipartite soft matching down to K tokens
+  (benchmarks/bench_reduction.tome_merge), same;  RESTORE: apply_restore(model, num_tokens=K) (DivPrune half,
+  merged half, original positions, calibrated attention).
 Peak memory: CUDA allocator peak above the weights; on CPU the peak resident set above the level before the
-run, sampled every 2 ms (approximate). Writes benchmarks/results/e2e-<device>-<scale>-<date>.json and a PNG.
+run, sampled every 2 ms (approximate). Writes benchmarks/results/e2e-<model>-<device>-<scale>-<date>.json and a PNG.
 """
 import argparse
 import datetime
@@ -35,75 +38,10 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import restore_ext  # noqa: E402
 from bench_reduction import tome_merge  # noqa: E402
 from common import device_name  # noqa: E402
+from e2e_models import MODELS, build  # noqa: E402
 from restore_ext.integrations.transformers import apply_restore, remove_restore  # noqa: E402
 
 BUDGETS = (64, 128, 192)
-SYSTEM, QUESTION = 35, 15  # LLaVA-1.5's prompt around the image
-
-
-def llava15_config(scale: float):
-    """LLaVA-1.5-7B's config with widths and depths times `scale` (head dims kept)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-    def width(full, head):
-        return max(head, round(full * scale / head) * head)
-
-    vh, th = width(1024, 64), width(4096, 128)
-    vision = CLIPVisionConfig(hidden_size=vh, intermediate_size=width(4096, 64), num_attention_heads=vh // 64,
-                              num_hidden_layers=max(2, round(24 * scale)), image_size=336, patch_size=14,
-                              projection_dim=768)
-    text = LlamaConfig(hidden_size=th, intermediate_size=width(11008, 16), num_attention_heads=th // 128,
-                       num_key_value_heads=th // 128, num_hidden_layers=max(1, round(32 * scale)), vocab_size=32000,
-                       max_position_embeddings=4096, rms_norm_eps=1e-5, pad_token_id=0)
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=32000 - 1, vision_feature_layer=-2,
-                       vision_feature_select_strategy="default", pad_token_id=0)
-
-
-def build_llava15(scale, device, dtype):
-    from transformers import LlavaForConditionalGeneration
-
-    config = llava15_config(scale)
-    with torch.device("meta"):  # count the parameters without allocating them
-        params = sum(p.numel() for p in LlavaForConditionalGeneration(config).parameters())
-    need = params * torch.finfo(dtype).bits // 8
-    if torch.device(device).type == "cpu" and need > 0.8 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"):
-        sys.exit(f"bench_end_to_end: the weights alone need {need / 2**30:.1f} GiB at this scale; "
-                 "use a smaller --scale on this machine")
-    torch.manual_seed(0)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # initialise in the target dtype: a 7B model in float32 first would not fit
-    try:
-        with torch.device(device):
-            model = LlavaForConditionalGeneration(config).eval()
-    finally:
-        torch.set_default_dtype(old)
-    g = torch.Generator().manual_seed(1)
-    ids = torch.cat([torch.randint(100, 31000, (SYSTEM,), generator=g), torch.full((576,), config.image_token_id),
-                     torch.randint(100, 31000, (QUESTION,), generator=g)])[None]
-    pixels = torch.randn(1, 3, 336, 336, generator=g)
-    return model, dict(input_ids=ids.to(device), pixel_values=pixels.to(device, dtype))
-
-
-class Shorten:
-    """Forward pre-hook on the inner LlavaModel for the baselines: vision tower, then `reduce_fn` (M, N, D) ->
-    (M, K, D), then the prompt with its image placeholders replaced by the K tokens, as plain inputs_embeds
-    (positions 0..L'-1, the model's own SDPA attention): what pruning and merging methods feed the LLM."""
-
-    def __init__(self, reduce_fn):
-        self.reduce_fn = reduce_fn
-
-    def __call__(self, inner, args, kwargs):
-        if kwargs.get("pixel_values") is None:
-            return None  # decode steps
-        ids = kwargs["input_ids"]
-        feats = inner.get_image_features(pixel_values=kwargs["pixel_values"], return_dict=True).pooler_output
-        tokens = self.reduce_fn(torch.stack(list(feats)))[0]
-        embeds = inner.get_input_embeddings()(ids)[0]
-        where = (ids[0] == inner.config.image_token_id).nonzero()[:, 0]
-        start, end = int(where[0]), int(where[-1]) + 1
-        short = torch.cat([embeds[:start], tokens.to(embeds.dtype), embeds[end:]])[None]
-        kwargs.update(input_ids=None, pixel_values=None, inputs_embeds=short, attention_mask=None, position_ids=None)
-        return args, kwargs
 
 
 def divprune_only(k):
@@ -117,13 +55,13 @@ def tome_only(k):
 class StageClock:
     """Hooks that timestamp vision tower start, projector end, LLM start and end of each forward."""
 
-    def __init__(self, model, device):
-        inner = model.model
+    def __init__(self, bench, device):
+        inner = bench.model.model
         self.sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
         self.t = {}
         self.handles = [
-            inner.vision_tower.register_forward_pre_hook(lambda *a: self.mark("vision0")),
-            inner.multi_modal_projector.register_forward_hook(lambda *a: self.mark("vision1")),
+            bench.vision_in.register_forward_pre_hook(lambda *a: self.mark("vision0")),
+            bench.vision_out.register_forward_hook(lambda *a: self.mark("vision1")),
             inner.language_model.register_forward_pre_hook(lambda *a: self.mark("llm0")),
             inner.language_model.register_forward_hook(lambda *a: self.mark("llm1")),
         ]
@@ -198,14 +136,15 @@ def run_once(model, inputs, clock, device, decode_tokens, cache_kw):
                 llm_tokens=prompt_len)
 
 
-def variants(model):
+def variants(bench):
     """name -> (install, uninstall) on the model."""
+    model = bench.model
     out = {"full": (lambda: None, lambda: None)}
     for k in BUDGETS:
         for name, fn in ((f"prune {k}", divprune_only(k)), (f"ToMe {k}", tome_only(k))):
             box = {}
             out[name] = (lambda fn=fn, box=box: box.update(h=model.model.register_forward_pre_hook(
-                Shorten(fn), with_kwargs=True)), lambda box=box: box["h"].remove())
+                bench.shorten(fn), with_kwargs=True)), lambda box=box: box["h"].remove())
         out[f"RESTORE {k}"] = (lambda k=k: apply_restore(model, num_tokens=k), lambda: remove_restore(model))
     return out
 
@@ -242,6 +181,7 @@ def plot(rows, title, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="llava15", choices=MODELS, help="whose shapes (default LLaVA-1.5-7B)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--scale", default=None, help="'full' or a factor on widths and depths (CPU default 0.25)")
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) / float16 (CUDA default) / bfloat16")
@@ -253,18 +193,20 @@ def main(argv=None):
     cuda = torch.device(args.device).type == "cuda"
     scale = 1.0 if args.scale == "full" else float(args.scale or (1.0 if cuda else 0.25))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if cuda else torch.float32)
-    model, inputs = build_llava15(scale, args.device, dtype)
+    bench = build(args.model, scale, args.device, dtype)
+    model, inputs = bench.model, bench.inputs
     params = sum(p.numel() for p in model.parameters())
     # transformers 5.x renamed forward's `past_key_values` to `cache` (the old name deprecated until 5.40)
     cache_kw = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
-    clock = StageClock(model, args.device)
-    table = variants(model)
+    clock = StageClock(bench, args.device)
+    table = variants(bench)
     if args.only:
         table = {k: v for k, v in table.items() if k in args.only.split(",")}
     runs = {name: [] for name in table}
     scale_txt = "full size" if scale == 1.0 else f"scale {scale:g}"
-    print(f"LLaVA-1.5-7B shapes, {scale_txt} ({params / 1e6:.0f} M parameters, {dtype}), {device_name(args.device)}, "
-          f"torch {torch.__version__}; prompt {SYSTEM} + 576 image + {QUESTION} tokens, {args.decode_tokens} decode "
+    before, image, after = bench.prompt
+    print(f"{bench.title}, {scale_txt} ({params / 1e6:.0f} M parameters, {dtype}), {device_name(args.device)}, "
+          f"torch {torch.__version__}; prompt {before} + {image} image + {after} tokens, {args.decode_tokens} decode "
           f"tokens, {args.repeats} rounds + warm-up", flush=True)
     for round_ in range(args.repeats + 1):  # variants alternate within a round: machine load hits all alike
         for name, (install, uninstall) in table.items():
@@ -291,14 +233,14 @@ def main(argv=None):
     stamp = datetime.date.today().isoformat()
     os.makedirs(args.out, exist_ok=True)
     size = "full" if scale == 1.0 else f"s{scale:g}"
-    stem = os.path.join(args.out, f"e2e-llava15-{'cuda' if cuda else 'cpu'}-{size}-{stamp}")
+    stem = os.path.join(args.out, f"e2e-{bench.stem}-{'cuda' if cuda else 'cpu'}-{size}-{stamp}")
     load = os.getloadavg()[1]  # 5-minute load average: other work on the machine inflates every time
-    meta = dict(model="LLaVA-1.5-7B shapes", scale=scale, parameters=params, dtype=str(dtype),
+    meta = dict(model=bench.title, scale=scale, parameters=params, dtype=str(dtype),
                 device=device_name(args.device), torch=torch.__version__, date=stamp, repeats=args.repeats,
-                decode_tokens=args.decode_tokens, prompt=[SYSTEM, 576, QUESTION], load_average_5min=load)
+                decode_tokens=args.decode_tokens, prompt=bench.prompt, load_average_5min=load)
     with open(stem + ".json", "w") as f:
         json.dump(dict(meta, rows=rows), f, indent=1)
-    title = (f"LLaVA-1.5-7B shapes, {scale_txt}, random weights, {dtype} — {meta['device']}, "
+    title = (f"{bench.title}, {scale_txt}, random weights, {dtype} — {meta['device']}, "
              f"torch {torch.__version__}, {stamp}, load average {load:.1f}")
     png = plot(rows, title, stem + ".png")
     print(f"machine load average (5 min) {load:.1f} on {os.cpu_count()} cores" +

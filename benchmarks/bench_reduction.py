@@ -106,6 +106,24 @@ def authors_restore_reduce(features, retained, num_out):
 # ---- cases for benchmarks/run.py ------------------------------------------------------------------------------
 
 
+class LazyInputs:
+    """A shape's inputs, made on first use: run.py --only / --shape then allocates only the cases it runs (the full
+    list's inputs together are several GiB). After the first use each is a plain attribute, so timing is unaffected."""
+
+    def __init__(self, b, n, d, r, dtype, device):
+        self._spec = (b, n, d, r, dtype, device)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        b, n, d, r, dtype, device = self._spec
+        self.x = torch.randn(b, n, d, device=device, dtype=dtype)
+        self.scores = torch.randn(b, n, device=device)
+        self.retained = restore_ext.select(self.x, r, "uniform")
+        self.att = torch.softmax(self.scores, dim=-1)
+        return getattr(self, name)
+
+
 def cases(quick, device):
     if quick:  # about a minute on 2 CPU cores
         shapes = [(1, 576, 1024, 64), (8, 576, 1024, 64), (1, 2880, 1024, 192)]
@@ -114,10 +132,8 @@ def cases(quick, device):
     out_cases = []
     for b, n, d, out in shapes:
         dtype = torch.float16 if device == "cuda" else torch.float32
-        x = torch.randn(b, n, d, device=device, dtype=dtype)
         r = out // 2
-        retained = restore_ext.select(x, r, "uniform")
-        scores = torch.randn(b, n, device=device)
+        t = LazyInputs(b, n, d, r, dtype, device)
         shape = f"B{b} N{n} D{d} out{out}"
         dt = str(dtype).split(".")[-1]
         big = b * n * n * 4 / 2**30 > (4 if device == "cpu" else 40)  # N x N baselines that would not fit
@@ -127,31 +143,31 @@ def cases(quick, device):
             return {k: v for k, v in named.items() if v is not None}
 
         out_cases += [
-            Case("anchor_merge", shape, dt, device, ours=lambda x=x, k=out - r: restore_ext.anchor_merge(x, k),
-                 peers=peers(authors=None if big else (lambda x=x, k=out - r: authors_anchor_merge(x, k)),
-                             ToMe=lambda x=x, k=out - r: tome_merge(x, k))),
+            Case("anchor_merge", shape, dt, device, ours=lambda t=t, k=out - r: restore_ext.anchor_merge(t.x, k),
+                 peers=peers(authors=None if big else (lambda t=t, k=out - r: authors_anchor_merge(t.x, k)),
+                             ToMe=lambda t=t, k=out - r: tome_merge(t.x, k))),
             Case("restore_reduce", shape, dt, device,
-                 ours=lambda x=x, t=retained, o=out: restore_ext.restore_reduce(x, t, o),
-                 peers=peers(authors=None if big else (lambda x=x, t=retained, o=out: authors_restore_reduce(x, t, o)))),
-            Case("reduce(divprune)", shape, dt, device, ours=lambda x=x, o=out: restore_ext.reduce(x, o),
+                 ours=lambda t=t, o=out: restore_ext.restore_reduce(t.x, t.retained, o),
+                 peers=peers(authors=None if big else (lambda t=t, o=out: authors_restore_reduce(t.x, t.retained, o)))),
+            Case("reduce(divprune)", shape, dt, device, ours=lambda t=t, o=out: restore_ext.reduce(t.x, o),
                  peers=peers(authors=None if big or slow_loop else (
-                     lambda x=x, r=r, o=out: authors_restore_reduce(x, authors_divprune(x, r), o)))),
-            Case("divprune_indices", shape, dt, device, ours=lambda x=x, r=r: restore_ext.divprune_indices(x, r),
-                 peers=peers(authors_loop=None if big or slow_loop else (lambda x=x, r=r: authors_divprune(x, r)))),
+                     lambda t=t, r=r, o=out: authors_restore_reduce(t.x, authors_divprune(t.x, r), o)))),
+            Case("divprune_indices", shape, dt, device, ours=lambda t=t, r=r: restore_ext.divprune_indices(t.x, r),
+                 peers=peers(authors_loop=None if big or slow_loop else (lambda t=t, r=r: authors_divprune(t.x, r)))),
         ]
         if n <= 2880:  # VisPruner keeps R x R similarities per row, and the authors' VisPruner loop grows as N^3
-            att = torch.softmax(scores, dim=-1)
             out_cases += [
                 Case("vispruner_indices", f"B{b} N{n} D{d} k{r}", dt, device,
-                     ours=lambda x=x, a=att, r=r: vispruner_indices(x, r, a),
-                     peers=peers(authors_loop=None if slow_loop else (lambda x=x, a=att, r=r: authors_vispruner(x, r, a)))),
+                     ours=lambda t=t, r=r: vispruner_indices(t.x, r, t.att),
+                     peers=peers(authors_loop=None if slow_loop else (
+                         lambda t=t, r=r: authors_vispruner(t.x, r, t.att)))),
                 Case("holov_indices", f"B{b} N{n} D{d} k{r}", dt, device,
-                     ours=lambda x=x, a=att, r=r: holov_indices(x, r, a),
-                     peers={"authors_loop": lambda x=x, a=att, r=r: authors_holov(x, r, a)}),
+                     ours=lambda t=t, r=r: holov_indices(t.x, r, t.att),
+                     peers={"authors_loop": lambda t=t, r=r: authors_holov(t.x, r, t.att)}),
             ]
         out_cases += [
             Case("topk_indices", f"B{b} N{n} k{r}", "float32", device,
-                 ours=lambda s=scores, r=r: restore_ext.topk_indices(s, r),
-                 peers={"torch.topk+sort": lambda s=scores, r=r: s.topk(r, dim=1).indices.sort(dim=1).values}),
+                 ours=lambda t=t, r=r: restore_ext.topk_indices(t.scores, r),
+                 peers={"torch.topk+sort": lambda t=t, r=r: t.scores.topk(r, dim=1).indices.sort(dim=1).values}),
         ]
     return out_cases

@@ -1,6 +1,6 @@
 """restore_ext microbenchmarks: every op against its peers, side by side in one process.
 
-    python benchmarks/run.py [--quick] [--device cpu|cuda|all] [--only OP]
+    python benchmarks/run.py [--quick] [--device cpu|cuda|all] [--only OP] [--shape TEXT ...]
 
 Prints one table (our median, each peer's median, peer/ours ratio: > 1 means we are faster) and writes
 benchmarks/results/<device>-<date>.json plus a PNG per op.
@@ -32,6 +32,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a subset that finishes in about 2 minutes on 2 CPU cores")
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     ap.add_argument("--only", default=None, help="run only this op")
+    ap.add_argument("--shape", nargs="+", default=None, metavar="TEXT",
+                    help="run only the cases whose shape contains one of these as a word, e.g. --shape N576 'B1 N2880'")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
 
@@ -41,6 +43,8 @@ def main():
     for device in devices:
         cases = [c for m in MODULES for c in importlib.import_module(m).cases(args.quick, device)]
         cases = [c for c in cases if args.only in (None, c.op)]
+        if args.shape:
+            cases = [c for c in cases if any(f" {t} " in f" {c.shape} " for t in args.shape)]
         print(f"\n== {device_name(device)} | torch {torch.__version__} | {len(cases)} cases "
               f"({'quick' if args.quick else 'full'}) ==", flush=True)
         rows, start = [], time.time()

@@ -113,22 +113,44 @@ AttentionShape check_calibrated_attention_args(
               table.has_value() ? "given" : "None");
   s.has_positions = given == 3;
   s.table_len = 0;
+  s.pos_axes = 0;
   if (s.has_positions) {
+    // 1-D positions (B, L) with a (T,) table (§5), or M-RoPE positions (B, L, 3) with a (3, T) table (§5b).
+    s.pos_axes = q_pos->dim() == 3 ? 3 : 1;
+    const char* form = s.pos_axes == 3 ? "(B, L, 3) as q_pos is" : "(B, L) as q_pos is";
     for (auto [name, t, len] : {std::tuple<const char*, const at::Tensor*, int64_t>{"q_pos", &*q_pos, s.lq},
                                 {"k_pos", &*k_pos, s.lk}}) {
       check_same_device(op, name, *t, q, "q");
       TORCH_CHECK(t->scalar_type() == at::kInt || t->scalar_type() == at::kLong, op, ": ", name,
                   " must be int32 or int64, got ", t->scalar_type());
-      TORCH_CHECK(t->dim() == 2 && t->size(0) == s.batch && t->size(1) == len, op, ": ", name,
-                  " must have shape (B, ", name[0] == 'q' ? "Lq" : "Lk", ") = (", s.batch, ", ", len, "), got ",
-                  t->sizes());
+      if (name[0] == 'q') {
+        TORCH_CHECK((t->dim() == 2 || (t->dim() == 3 && t->size(2) == 3)) && t->size(0) == s.batch &&
+                        t->size(1) == len,
+                    op, ": q_pos must have shape (B, Lq) = (", s.batch, ", ", len,
+                    ") for 1-D positions or (B, Lq, 3) = (", s.batch, ", ", len, ", 3) for M-RoPE (t, h, w) "
+                    "positions, got ", t->sizes());
+      } else {
+        TORCH_CHECK(t->dim() == q_pos->dim() && (t->dim() == 2 || t->size(2) == 3) && t->size(0) == s.batch &&
+                        t->size(1) == len,
+                    op, ": k_pos must have shape ", s.pos_axes == 3 ? "(B, Lk, 3)" : "(B, Lk)", " = (", s.batch,
+                    ", ", len, s.pos_axes == 3 ? ", 3)" : ")", ", ", form, "; got ", t->sizes());
+      }
     }
     const at::Tensor& tb = *table;
     check_same_device(op, "table", tb, q, "q");
     TORCH_CHECK(tb.scalar_type() == at::kFloat, op, ": table must be float32, got ", tb.scalar_type());
-    TORCH_CHECK(tb.dim() == 1 && tb.size(0) >= 1, op, ": table must be 1-D with at least one entry, got shape ",
-                tb.sizes());
-    s.table_len = tb.size(0);
+    if (s.pos_axes == 1) {
+      TORCH_CHECK(tb.dim() == 1 && tb.size(0) >= 1, op,
+                  ": table must be 1-D with at least one entry, (T,) for (B, L) positions, got shape ", tb.sizes());
+    } else {
+      TORCH_CHECK(tb.dim() == 2 && tb.size(0) == 3 && tb.size(1) >= 1, op,
+                  ": table must be (3, T) decay shares (rope_decay_tables) with T >= 1 for (B, L, 3) M-RoPE "
+                  "positions, got shape ", tb.sizes());
+    }
+    s.table_len = tb.size(-1);
+    // Table indices are narrowed to int32 in the CPU kernel's vectorised gathers (cpu/softmax_rows.cpp).
+    TORCH_CHECK(s.table_len <= (int64_t(1) << 31), op, ": table may have at most 2^31 entries per row, got T = ",
+                s.table_len);
   }
   const double sc = scale.has_value() ? *scale : 1.0 / std::sqrt(double(s.head_dim));
   TORCH_CHECK(std::isfinite(sc), op, ": scale must be finite, got ", sc);
@@ -143,6 +165,34 @@ void check_log_size_values(const at::Tensor& log_size) {
       TORCH_CHECK(log_size_allowed(values[b][j]),
                   "calibrated_attention: log_size must hold finite values or -inf (a masked key), got ",
                   values[b][j], " at log_size[", b, ", ", j, "]");
+}
+
+void check_table_values(const at::Tensor& table) {
+  constexpr const char* op = "calibrated_attention";
+  const at::Tensor t = table.contiguous();  // checked float32 on the CPU: (T,) or (3, T)
+  const float* x = t.const_data_ptr<float>();
+  const int64_t n = t.numel();
+  if (t.dim() == 1) {
+    for (int64_t d = 0; d < n; ++d)
+      TORCH_CHECK(distance_table_entry_allowed(x[d]), op,
+                  ": table must hold finite values or -inf (it masks the keys at that distance), got ", x[d],
+                  " at table[", d, "]");
+    return;
+  }
+  const int64_t len = t.size(1);
+  float max_of[3];
+  for (int64_t a = 0; a < 3; ++a) {
+    max_of[a] = -1.f;
+    for (int64_t d = 0; d < len; ++d) {
+      const float v = x[a * len + d];
+      TORCH_CHECK(mrope_share_allowed(v), op, ": an M-RoPE table holds decay shares in [-1, 1], got ", v,
+                  " at table[", a, ", ", d, "]");
+      max_of[a] = v > max_of[a] ? v : max_of[a];
+    }
+  }
+  TORCH_CHECK(mrope_maxima_allowed(max_of[0], max_of[1], max_of[2]), op,
+              ": the row maxima of an M-RoPE table must add up to less than 2 (so that log(2 - decay) is finite), "
+              "got ", max_of[0], " + ", max_of[1], " + ", max_of[2]);
 }
 
 }  // namespace restore

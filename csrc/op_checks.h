@@ -20,6 +20,7 @@ AnchorRule check_anchor_merge_args(const at::Tensor& x, int64_t num_anchors, c10
 
 struct AttentionShape {
   int64_t batch, lq, lk, heads, kv_heads, head_dim, table_len;
+  int64_t pos_axes;  // 0: no position term; 1: (B, L) positions, (T,) table; 3: (B, L, 3) M-RoPE, (3, T)
   bool has_log_size, has_positions;
   float scale;
 };
@@ -33,5 +34,9 @@ AttentionShape check_calibrated_attention_args(
 // On the CPU: log_size holds no +inf or NaN (restore::log_size_allowed); reads every value, so the CUDA
 // path checks on the device instead (cuda/calibrated_attention/log_size_check.cu).
 void check_log_size_values(const at::Tensor& log_size);
+
+// On the CPU: a (T,) table holds finite values; a (3, T) one decay shares in [-1, 1] whose row maxima add up
+// to less than 2 (restore/score_bias.h). The CUDA path checks on the device (table_check.cu).
+void check_table_values(const at::Tensor& table);
 
 }  // namespace restore

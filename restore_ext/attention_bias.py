@@ -137,17 +137,21 @@ def distance_bias(q_pos: Tensor, k_pos: Tensor, table: Tensor) -> Tensor:
     result is float64). The absolute value matters: under M-RoPE an earlier key can have a larger h or w.
     """
     if table.dim() == 1:
-        qp, kp = q_pos.long()[:, :, None], k_pos.long()[:, None, :]
-        last = table.shape[0] - 1
-        diff = qp - kp  # for qp > kp the true difference is in [1, 2**64 - 1]; negative here iff it wrapped
-        dist = torch.where(qp <= kp, 0, torch.where(diff < 0, last, diff.clamp(max=last)))
-        return table[dist]
+        return table[_saturating_distance(q_pos.long()[:, :, None], k_pos.long()[:, None, :], table.shape[0] - 1)]
     last = table.shape[1] - 1
     decay = 0
     for s in range(table.shape[0]):
-        dist = (q_pos[..., s].long()[:, :, None] - k_pos[..., s].long()[:, None, :]).abs().clamp_max(last)
+        qp, kp = q_pos[..., s].long()[:, :, None], k_pos[..., s].long()[:, None, :]
+        dist = _saturating_distance(qp, kp, last) + _saturating_distance(kp, qp, last)  # |qp - kp|, clamped
         decay = decay + table[s].double()[dist]
     return torch.log(2 - decay)
+
+
+def _saturating_distance(a: Tensor, b: Tensor, last: int) -> Tensor:
+    """clamp(a - b, 0, last) for any int64 a and b: for a > b the true difference is in [1, 2**64 - 1], so the
+    int64 subtraction is negative exactly when it wrapped, and then the distance is past any table."""
+    diff = a - b
+    return torch.where(a <= b, 0, torch.where(diff < 0, last, diff.clamp(max=last)))
 
 
 def dense_attention_bias(

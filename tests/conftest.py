@@ -28,7 +28,8 @@ HAS_CUDA = torch.cuda.is_available()
 # "fuzz" (`make fuzz`): 25x the budget, fresh random examples each run, failures kept in .hypothesis/ and
 # replayed first next time. Choose with RESTORE_EXT_FUZZ_PROFILE=fuzz or pytest's --hypothesis-profile=fuzz.
 # No deadline: these machines are shared, a slow example is not a bug.
-_PROFILE = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_PROFILE = dict(deadline=None, print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("ci", max_examples=20, derandomize=True, database=None, **_PROFILE)
 settings.register_profile("fuzz", max_examples=500, **_PROFILE)
 settings.load_profile(os.environ.get("RESTORE_EXT_FUZZ_PROFILE", "ci"))
@@ -185,7 +186,7 @@ def assert_divprune_matches(got, x, k, tol=1e-5, float64_ties_exact=True):
             )
             c = int(torch.where(ok, values, -math.inf).argmax())  # the first maximum: lower index on ties
             twins = torch.nonzero(same_as(c)[:c] & ~in_result[:c] & (values[:c] > -math.inf)).flatten()
-            assert not twins.numel(), f"row {row} step {step}: picked {c} over the identical, lower token {int(twins[0])}"
+            assert not twins.numel(), f"row {row} step {step}: picked {c} over an identical lower token {twins[0]}"
             return c
 
         if n == 1:

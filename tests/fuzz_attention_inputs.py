@@ -97,7 +97,8 @@ def positions(kind, b, lq, lk, gen):
         return torch.randint(-40, 40, (b, lq), generator=gen), torch.randint(-40, 40, (b, lk), generator=gen)
     if kind == "large":  # offsets of 2^50, distances up to 2^51: far beyond the table, never near int64's ends
         shift = torch.randint(-2, 3, (b, 1), generator=gen) * 2**50
-        return torch.randint(-2**50, 2**50, (b, lq), generator=gen) + shift, torch.randint(-5, 5, (b, lk), generator=gen) + shift
+        q_pos = torch.randint(-(2**50), 2**50, (b, lq), generator=gen)
+        return q_pos + shift, torch.randint(-5, 5, (b, lk), generator=gen) + shift
     ends = (INT64_MIN, INT64_MAX) if kind == "int64_ends" else (-(2**31), 2**31 - 1)
     corners = torch.tensor([ends[0], ends[0] + 1, -1, 0, 1, ends[1] - 1, ends[1]])
     pick = lambda n: corners[torch.randint(0, len(corners), (b, n), generator=gen)]  # noqa: E731
@@ -106,7 +107,8 @@ def positions(kind, b, lq, lk, gen):
 
 def make_table(kind, t, gen):
     if kind == "rope":
-        return ref.distance_bias_table(t, restore_ext.default_inv_freq(2 * int(torch.randint(1, 65, (1,), generator=gen))))
+        rotary_dim = 2 * int(torch.randint(1, 65, (1,), generator=gen))
+        return ref.distance_bias_table(t, restore_ext.default_inv_freq(rotary_dim))
     table = torch.randn(t, generator=gen) * 2
     if kind == "minus_inf":  # a -inf entry masks every key at that distance (docs/ops.md §5's logit)
         table = torch.where(torch.rand(t, generator=gen) < 0.3, -math.inf, table)

@@ -188,24 +188,6 @@ def greedy(model, inputs: dict, steps: int = 5, **kw):
     return out.sequences[:, inputs["input_ids"].shape[1]:], torch.stack(out.logits, 1)
 
 
-def multi_axis_op_available() -> bool:
-    """Whether torch.ops.restore.calibrated_attention takes (B, L, 3) positions with a (3, T) table (SPEC §5b)."""
-    import restore_ext  # noqa: F401
-
-    q = torch.zeros(1, 2, 1, 8)
-    pos = torch.zeros(1, 2, 3, dtype=torch.long)
-    try:
-        torch.ops.restore.calibrated_attention(q, q, q, None, pos, pos, torch.zeros(3, 4), True, None)
-    except RuntimeError:
-        return False
-    return True
-
-
-MULTI_AXIS_SKIP = (
-    "torch.ops.restore.calibrated_attention does not take multi-axis (B, L, 3) positions yet (issue 12 kernels)"
-)
-
-
 def reference_calibrated_attention(q, k, v, log_size=None, q_pos=None, k_pos=None, table=None, causal=True,
                                    scale=None):
     """The op's float64 reference (docs/ops.md §5 / §5b, 1-D or multi-axis positions) with the op's signature and

@@ -6,7 +6,8 @@ shared memory and PTX fragment layouts emulated): catches indexing bugs where no
   cp.async / ldmatrix checked for shared-memory races between barriers (a missing __syncthreads shows).
 - emulate_attention_kernels: the SIMT attention kernel (simt_kernel.h) against float64, the
   flash-decoding combine (combine_kernel.h) against the same merge in float64, and the device-side log_size
-  check (log_size_check_kernel.h) against a host scan.
+  and table checks (log_size_check_kernel.h, table_check_kernel.h) against host scans. Both attention kernels
+  run 1-D and M-RoPE (t, h, w) positions.
 - emulate_reduction_kernels: the radix-select top-k (block_topk.cuh), the fused tiled similarity row
   reduction (similarity_tiles.cuh), DivPrune's cooperative greedy kernel (divprune_greedy.cuh, every
   block at once with grid.sync()) and the whole anchor_merge pipeline (anchor_merge_kernels.cuh, launched as
@@ -114,6 +115,10 @@ def test_emulated_simt_and_combine_kernels_match_float64(attention_emulator, ker
 
 def test_emulated_log_size_check_asserts_exactly_on_inf_and_nan(attention_emulator):
     run_emulator(attention_emulator, "log_size_check")
+
+
+def test_emulated_table_check_asserts_on_the_tables_the_op_refuses(attention_emulator):
+    run_emulator(attention_emulator, "table_check")
 
 
 @pytest.mark.parametrize("kernel", ["topk", "similarity", "anchor_merge"])

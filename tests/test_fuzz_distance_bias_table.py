@@ -23,9 +23,11 @@ def inv_freqs(kind, count, theta, dtype, layout, seed):
     if kind == "default":  # default RoPE: theta ** (-arange(0, rotary_dim, 2) / rotary_dim)
         f = restore_ext.default_inv_freq(2 * count, theta)
     elif kind == "scaled":  # a scaled RoPE variant: some frequencies divided by a factor
-        f = restore_ext.default_inv_freq(2 * count, theta) / torch.where(torch.rand(count, generator=gen) < 0.5, 8.0, 1.0)
+        factor = torch.where(torch.rand(count, generator=gen) < 0.5, 8.0, 1.0)
+        f = restore_ext.default_inv_freq(2 * count, theta) / factor
     elif kind == "arbitrary":  # any real frequency is meaningful in cos(d * f): negative, huge, tiny
-        f = torch.randn(count, generator=gen, dtype=torch.float64) * 10.0 ** torch.randint(-6, 4, (count,), generator=gen)
+        decades = torch.randint(-6, 4, (count,), generator=gen)
+        f = torch.randn(count, generator=gen, dtype=torch.float64) * 10.0**decades
     else:
         f = torch.zeros(count, dtype=torch.float64)  # no rotation: decay 1 at every distance, a table of zeros
     return with_layout(f.to(dtype)[None], layout, dims=(0, 1))[0]

@@ -15,7 +15,7 @@ from restore_ext import reference as ref
 from restore_ext.reduction import kept_count
 from conftest import (DEVICES, assert_divprune_exact_or_close, assert_slot_means, decisions_well_separated,
                       fuzz_settings)
-from fuzz_strategies import LAYOUTS, generator, lengths, seeds, special_values, sprinkle, tokens, with_layout
+from fuzz_strategies import LAYOUTS, generator, seeds, special_values, sprinkle, tokens, with_layout
 
 rules = st.sampled_from(["reference", "dpc"])
 
@@ -48,8 +48,8 @@ def restore_reduce_cases(draw):
     r = draw(st.integers(0, recipe.n - 1) | st.sampled_from([0, recipe.n - 1])) if recipe.n > 1 else 0
     num_out = draw(st.integers(r + 1, recipe.n))
     poison = draw(st.sampled_from([0.0, 0.0, 0.0, 0.01, 0.2]))  # fraction of NaN / inf features
-    layout = draw(st.sampled_from(LAYOUTS))
-    return recipe, r, num_out, draw(st.sampled_from([torch.int32, torch.int64])), layout, poison, draw(rules), draw(seeds)
+    layout, index_dtype = draw(st.sampled_from(LAYOUTS)), draw(st.sampled_from([torch.int32, torch.int64]))
+    return recipe, r, num_out, index_dtype, layout, poison, draw(rules), draw(seeds)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -125,7 +125,8 @@ def test_reduce_is_select_then_restore_reduce(device, case):
     kwargs = dict(base=base_arg, keep_ratio=keep_ratio, scores=scores.to(device), rule=rule)
     if not 2 <= num_tokens <= n:
         event("refused: num_tokens")
-        with pytest.raises(ValueError, match=re.escape(f"reduce: num_tokens must be an int with 2 <= num_tokens <= N = {n}")):
+        msg = re.escape(f"reduce: num_tokens must be an int with 2 <= num_tokens <= N = {n}")
+        with pytest.raises(ValueError, match=msg):
             restore_ext.reduce(*args, **kwargs)
         return
     if not 0 <= keep_ratio <= 1:

@@ -1,6 +1,7 @@
-"""restore_ext's lmms-eval models (restore_ext.integrations.lmms_eval), offline: the entry point resolves, and a
-tiny random-weight LLaVA checkpoint made here runs lmms-eval's simple_evaluate end to end on a local task whose
-images and questions are generated here. Runs where lmms-eval is installed (`make test-eval`); skipped elsewhere.
+"""restore_ext's lmms-eval models (restore_ext.integrations.lmms_eval), offline: the entry points resolve, and tiny
+random-weight LLaVA, Qwen2.5-VL and Qwen3-VL checkpoints made here run lmms-eval's simple_evaluate end to end on a
+local task whose images and questions are generated here. Runs where lmms-eval is installed (`make test-eval`);
+skipped elsewhere.
 """
 import importlib.metadata
 import inspect
@@ -76,19 +77,20 @@ QWEN_TEMPLATE = (
 QWEN_PIXELS = "min_pixels=3136,max_pixels=12544"  # 112 x 112 images: 8 x 8 patches, 16 tokens after the merger
 
 
-def tiny_qwen2_5_vl_checkpoint(path):
-    """A Qwen2.5-VL-shaped checkpoint with random weights (M-RoPE sections [2, 3, 3] of head dim 16) and its
-    processor, saved as lmms-eval's qwen2_5_vl loads it."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+QWEN3_PIXELS = "min_pixels=4096,max_pixels=16384"  # Qwen3-VL (patch 16): 112 px -> 128 x 128, 16 tokens again
+QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                "<|video_pad|>"]
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-               "<|video_pad|>"]
+
+def tiny_qwen_tokenizer():
+    """A byte-level BPE tokenizer trained here on a few sentences, with Qwen's special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=special,
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=QWEN_SPECIAL,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(["user Is there a red square in the image? Answer yes or no. assistant yes no"] * 4,
                             trainer)
@@ -96,27 +98,70 @@ def tiny_qwen2_5_vl_checkpoint(path):
                                         extra_special_tokens={"image_token": "<|image_pad|>",
                                                               "video_token": "<|video_pad|>"})
     tokenizer.chat_template = QWEN_TEMPLATE
+    return tokenizer, {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+
+
+def tiny_qwen_text_config(vocab_size, ids, **rope):
+    return dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=512,
+                bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<|im_end|>"],
+                rope_parameters=dict(rope_type="default", rope_theta=10000.0, **rope))
+
+
+def tiny_qwen_ids(ids):
+    return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
+
+
+def save_qwen_checkpoint(path, model, processor, tokenizer):
+    model.eval().save_pretrained(path)
+    processor.save_pretrained(path)
+    tokenizer.save_pretrained(path)  # lmms-eval's Qwen classes load the tokenizer on its own
+    return str(path)
+
+
+def tiny_qwen2_5_vl_checkpoint(path):
+    """A Qwen2.5-VL-shaped checkpoint with random weights (M-RoPE sections [2, 3, 3] of head dim 16) and its
+    processor, saved as lmms-eval's qwen2_5_vl loads it."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+
+    tokenizer, ids = tiny_qwen_tokenizer()
     pixels = dict(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2, temporal_patch_size=2)
     processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
                                     video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=QWEN_TEMPLATE)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
     config = Qwen2_5_VLConfig(
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
                            fullatt_block_indexes=[0]),
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
-                         bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<|im_end|>"],
-                         rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3])),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+        text_config=tiny_qwen_text_config(len(tokenizer), ids, mrope_section=[2, 3, 3]), **tiny_qwen_ids(ids),
     )
     torch.manual_seed(0)
-    Qwen2_5_VLForConditionalGeneration(config).eval().save_pretrained(path)
-    processor.save_pretrained(path)
-    tokenizer.save_pretrained(path)  # lmms-eval's Qwen classes load the tokenizer on its own
-    return str(path)
+    return save_qwen_checkpoint(path, Qwen2_5_VLForConditionalGeneration(config), processor, tokenizer)
+
+
+def tiny_qwen3_vl_checkpoint(path):
+    """A Qwen3-VL-shaped checkpoint with random weights (patch 16, DeepStack from vision blocks 0 and 1 into
+    decoder layers 0 and 1, interleaved M-RoPE sections [4, 2, 2] of head dim 16; the sizes of tests/qwen_models.py)
+    and its processor, saved as lmms-eval's qwen3_vl loads it."""
+    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
+                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+
+    tokenizer, ids = tiny_qwen_tokenizer()
+    pixels = dict(min_pixels=64 * 64, max_pixels=128 * 128, patch_size=16, merge_size=2, temporal_patch_size=2)
+    processor = Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
+                                 video_processor=Qwen3VLVideoProcessor(**pixels), chat_template=QWEN_TEMPLATE)
+    config = Qwen3VLConfig(
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                           deepstack_visual_indexes=[0, 1]),
+        text_config=dict(tiny_qwen_text_config(len(tokenizer), ids, mrope_section=[4, 2, 2], mrope_interleaved=True),
+                         head_dim=16),
+        **tiny_qwen_ids(ids),
+    )
+    torch.manual_seed(0)
+    return save_qwen_checkpoint(path, Qwen3VLForConditionalGeneration(config), processor, tokenizer)
 
 
 def local_task(folder, count=4):
@@ -236,34 +281,33 @@ def test_simple_evaluate_end_to_end_runs_restore(checkpoint, tasks, model_id, fo
     assert sorted(seen) == sorted(n - (N - 16) for n in seen_full)
 
 
-def multi_axis_op_available() -> bool:
-    """Whether calibrated_attention takes Qwen's (B, L, 3) M-RoPE positions with a (3, T) table yet."""
-    q, pos = torch.zeros(1, 2, 1, 8), torch.zeros(1, 2, 3, dtype=torch.long)
-    try:
-        torch.ops.restore.calibrated_attention(q, q, q, None, pos, pos, torch.zeros(3, 4), True, None)
-    except RuntimeError:
-        return False
-    return True
+QWEN_CASES = {  # model id -> (checkpoint builder, pixel bounds as model args)
+    "qwen2_5_vl": (tiny_qwen2_5_vl_checkpoint, QWEN_PIXELS),
+    "qwen3_vl": (tiny_qwen3_vl_checkpoint, QWEN3_PIXELS),
+}
 
 
+@pytest.mark.parametrize("family", list(QWEN_CASES))
 @pytest.mark.parametrize("calibrate", [False, True])
-def test_qwen2_5_vl_end_to_end(tasks, tmp_path_factory, calibrate):
-    """restore_qwen2_5_vl shortens every prompt's 16 image tokens to 8 where lmms-eval's own qwen2_5_vl keeps
-    them. calibrate=True needs the multi-axis calibrated_attention kernel: skipped, saying so, until the op takes
-    (B, L, 3) positions; calibrate=False (reduction and preserved M-RoPE positions alone) runs today."""
-    if calibrate and not multi_axis_op_available():
-        pytest.skip("calibrated_attention does not take multi-axis (B, L, 3) positions yet (issue 12's kernels)")
-    ckpt = tiny_qwen2_5_vl_checkpoint(tmp_path_factory.mktemp("qwen2_5_vl"))
-    args, extra = f"pretrained={ckpt},device_map=cpu,{QWEN_PIXELS}", {"batch_size": 1, "device": "cpu"}
-    lm = get_model("restore_qwen2_5_vl").create_from_arg_string(args + f",num_tokens=8,calibrate={calibrate}", extra)
+def test_qwen_end_to_end(tasks, tmp_path_factory, family, calibrate):
+    """restore_qwen2_5_vl / restore_qwen3_vl shorten every prompt's 16 image tokens to 8 where lmms-eval's own
+    qwen2_5_vl / qwen3_vl keep them, with the M-RoPE calibration (calibrate=True) and without it (reduction and
+    preserved positions alone)."""
+    build, pixels = QWEN_CASES[family]
+    ckpt = build(tmp_path_factory.mktemp(family))
+    args, extra = f"pretrained={ckpt},device_map=cpu,{pixels}", {"batch_size": 1, "device": "cpu"}
+    lm = get_model(f"restore_{family}").create_from_arg_string(args + f",num_tokens=8,calibrate={calibrate}", extra)
+    assert is_restore_applied(lm.model)
     runs = {}
-    for name, model in (("restore", lm), ("full", get_model("qwen2_5_vl").create_from_arg_string(args, extra))):
+    for name, model in (("restore", lm), ("full", get_model(family).create_from_arg_string(args, extra))):
         runs[name], handle = prefill_lengths(model)
         try:
             out = evaluate(model, tasks, log_samples=True)
         finally:
             handle.remove()
-        assert len(out["samples"][TASK]) == 4
+        samples = out["samples"][TASK]
+        assert len(samples) == 4 and all(isinstance(s["resps"][0][0], str) for s in samples)
+        assert 0.0 <= out["results"][TASK]["accuracy,none"] <= 1.0
     assert len(runs["full"]) == 4 and sorted(runs["restore"]) == sorted(n - 8 for n in runs["full"])
 
 

@@ -1,9 +1,9 @@
 """RESTORE on tiny random-weight Qwen2.5-VL and Qwen3-VL models (offline, CPU): images, videos, image + video,
 several images, left-padded batches, DeepStack. Models and inputs: tests/qwen_models.py.
 
-Tests whose calibration needs the multi-axis calibrated_attention (SPEC §5b) run twice: with the kernel (skipped,
-saying so, while the op does not take (B, L, 3) positions) and with the op's float64 reference standing in for it,
-which checks the integration's own logic (positions, sizes, tables, cache state) independently of the kernel.
+Tests of the calibration (calibrated_attention's M-RoPE form, docs/ops.md §5b) run twice: with the kernel, and with
+the op's float64 reference standing in for it, which checks the integration's own logic (positions, sizes, tables,
+cache state) independently of the kernel.
 """
 import inspect
 import math
@@ -27,11 +27,10 @@ from restore_ext import reference  # noqa: E402
 from restore_ext.attention_bias import dense_attention_bias  # noqa: E402
 from restore_ext.integrations import transformers as rt  # noqa: E402
 from qwen_models import (  # noqa: E402
-    FAMILIES, IMAGE, MULTI_AXIS_SKIP, VIDEO, greedy, make_inputs, multi_axis_op_available,
+    FAMILIES, IMAGE, VIDEO, greedy, make_inputs,
     reference_calibrated_attention, rope_positions, split_rows, tiny_model,
 )
 
-HAS_MULTI_AXIS_OP = multi_axis_op_available()
 # transformers 5.x renamed forward's `past_key_values` to `cache` (keyword and output field)
 CACHE = "cache" if "cache" in inspect.signature(transformers.Qwen2_5_VLForConditionalGeneration.forward).parameters \
     else "past_key_values"
@@ -57,10 +56,7 @@ def _unpatched(request):
 @pytest.fixture(params=["kernel", "reference"])
 def multi_axis(request, monkeypatch):
     """The multi-axis attention the calibrated tests run on: the op's kernel, or its float64 reference."""
-    if request.param == "kernel":
-        if not HAS_MULTI_AXIS_OP:
-            pytest.skip(MULTI_AXIS_SKIP)
-    else:
+    if request.param == "reference":
         use_op(monkeypatch, reference_calibrated_attention)
     return request.param
 

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from restore_ext import distance_bias_table, default_inv_freq
+from restore_ext.attention_bias import mrope_axis_of_freq, rope_decay_tables
 from restore_ext.integrations.vllm.paged_batch import (
     SlotState, attend, gather_kv, group_bias, split_and_pad, write_kv,
 )
 from restore_ext.reference import calibrated_attention as reference_attention
 
 
-def _batch(q_lens, ctx_before, block_size, num_blocks, h, hkv, dh, gen):
+def _batch(q_lens, ctx_before, block_size, num_blocks, h, hkv, dh, gen, pos_rows=1):
     """Random requests on a shuffled paged cache: each has ctx_before cached keys and q_lens new queries."""
     seq_lens = [c + q for c, q in zip(ctx_before, q_lens)]
     max_blocks = max(math.ceil(s / block_size) for s in seq_lens)
@@ -27,31 +28,40 @@ def _batch(q_lens, ctx_before, block_size, num_blocks, h, hkv, dh, gen):
     kv = torch.randn(num_blocks, hkv, block_size, 2 * dh, generator=gen)
     keys = [torch.randn(s, hkv, dh, generator=gen) for s in seq_lens]
     values = [torch.randn(s, hkv, dh, generator=gen) for s in seq_lens]
-    state = SlotState(num_blocks * block_size, 1, "cpu")
-    pos = [torch.sort(torch.randperm(4 * s, generator=gen)[:s]).values for s in seq_lens]  # gapped, increasing
+    state = SlotState(num_blocks * block_size, pos_rows, "cpu")
+    if pos_rows == 1:
+        pos = [torch.sort(torch.randperm(4 * s, generator=gen)[:s]).values for s in seq_lens]  # gapped, increasing
+    else:  # M-RoPE (t, h, w): any order per axis, as an image's h / w ids are
+        pos = [torch.randint(0, 4 * s, (s, pos_rows), generator=gen) for s in seq_lens]
     log_size = [torch.rand(s, generator=gen) * 2 for s in seq_lens]
     for i, s in enumerate(seq_lens):
         idx = torch.arange(s)
         slots = block_table[i, idx // block_size].long() * block_size + idx % block_size
         write_kv(kv, slots, keys[i], values[i])
-        state.write(slots, pos[i][:, None], log_size[i], log_size[i] / 2)
+        state.write(slots, pos[i].view(s, pos_rows), log_size[i], log_size[i] / 2)
     qsl = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)), dtype=torch.int32)
     query = torch.randn(int(qsl[-1]), h, dh, generator=gen)
     return dict(seq_lens=torch.tensor(seq_lens, dtype=torch.int32), block_table=block_table, kv=kv, keys=keys,
                 values=values, state=state, pos=pos, log_size=log_size, qsl=qsl, query=query)
 
 
+@pytest.mark.parametrize("pos_rows", [1, 3], ids=["1-D", "M-RoPE"])
 @pytest.mark.parametrize("block_size", [1, 4, 16])
 @pytest.mark.parametrize("first_layer", [False, True])
-def test_attend_equals_per_request_reference(block_size, first_layer):
-    gen = torch.Generator().manual_seed(block_size + 7 * first_layer)
+def test_attend_equals_per_request_reference(block_size, first_layer, pos_rows):
+    """Per-query table choice in any mix, also within one request (a recomputed chunk of prompt and generated
+    tokens); with M-RoPE (t, h, w) positions and the per-axis tables of docs/ops.md §5b."""
+    gen = torch.Generator().manual_seed(block_size + 7 * first_layer + 100 * pos_rows)
     q_lens, ctx = [1, 5, 1, 12, 3], [9, 0, 30, 7, 2]  # decodes and prefill chunks, with and without context
     h, hkv, dh = 4, 2, 16
-    b = _batch(q_lens, ctx, block_size, 64, h, hkv, dh, gen)
+    b = _batch(q_lens, ctx, block_size, 64, h, hkv, dh, gen, pos_rows)
     n = b["query"].shape[0]
     q_pos = torch.cat([p[c:] for p, c in zip(b["pos"], ctx)])
     q_table = torch.rand(n, generator=gen) < 0.6  # any mix: the table is a per-query choice
-    table = distance_bias_table(256, default_inv_freq(dh))
+    if pos_rows == 1:
+        table = distance_bias_table(256, default_inv_freq(dh))
+    else:
+        table = rope_decay_tables(256, default_inv_freq(dh), mrope_axis_of_freq([2, 3, 3], dh // 2, False))
     groups = [group_bias(r, b["state"], q_pos, q_table, True)
               for r in split_and_pad(b["qsl"], b["seq_lens"], b["block_table"], block_size, n)]
     out = torch.full((n + 3, h, dh), float("nan"))  # rows past n are padding vLLM may hand over

@@ -19,7 +19,8 @@ def test_importing_the_package_imports_no_vllm():
 def test_hf_overrides_is_plain_json_and_round_trips():
     d = rv.hf_overrides(num_tokens=64, base="divprune", keep_ratio=0.5)
     assert json.loads(json.dumps(d)) == d
-    assert d["restore"] == {"num_tokens": 64, "base": "divprune", "keep_ratio": 0.5, "rule": "reference"}
+    assert d["restore"] == {"num_tokens": 64, "base": "divprune", "keep_ratio": 0.5, "rule": "reference",
+                            "calibrate": True}
     assert len(d["mrope_section"]) == 3
 
     class Cfg:
@@ -29,6 +30,8 @@ def test_hf_overrides_is_plain_json_and_round_trips():
     cfg.restore = d["restore"]
     assert settings_of(cfg) == RestoreSettings(64, "divprune", 0.5, "reference")
     assert settings_of(Cfg()) is None
+    cfg.restore = rv.hf_overrides(num_tokens=8, calibrate=False)["restore"]
+    assert settings_of(cfg).calibrate is False
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -39,6 +42,8 @@ def test_hf_overrides_is_plain_json_and_round_trips():
     (dict(keep_ratio=0.0), "keep_ratio"),
     (dict(num_tokens=2, keep_ratio=0.9), "merged"),
     (dict(rule="nearest"), "rule"),
+    (dict(calibrate="no"), "calibrate"),
+    (dict(calibrate=1), "calibrate"),
 ])
 def test_bad_settings_are_refused_with_the_argument_named(kwargs, words):
     with pytest.raises(ValueError, match=words):

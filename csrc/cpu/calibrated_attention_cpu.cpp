@@ -40,10 +40,35 @@ at::Tensor blas_rows(const at::Tensor& t) {
   return ld >= std::max<int64_t>(1, f.size(3)) && ld <= INT_MAX ? f : f.clone(at::MemoryFormat::Contiguous);
 }
 
+// The position inputs as the row loop reads them: a query's position, and a block of keys' positions from key
+// j0 on. 1-D: (B, L) rows; no position term is a DistanceBias without a table.
+struct DistancePositions {
+  DistanceBias bias;
+  const int64_t *q, *k;
+  int64_t lq, lk;
+  int64_t query(int64_t b, int64_t i) const { return q ? q[b * lq + i] : 0; }
+  const int64_t* keys(int64_t b, int64_t j0) const { return k ? k + b * lk + j0 : nullptr; }
+};
+
+// M-RoPE: queries (B, Lq, 3) as given, keys planar (B, 3, Lk) so the bias loop reads each axis contiguously.
+struct MropePositions {
+  MropeDistanceBias bias;
+  const int64_t *q, *k;
+  int64_t lq, lk;
+  MropePosition query(int64_t b, int64_t i) const {
+    const int64_t* p = q + (b * lq + i) * 3;
+    return MropePosition{{p[0], p[1], p[2]}};
+  }
+  MropeKeyRows keys(int64_t b, int64_t j0) const {
+    const int64_t* t = k + b * 3 * lk + j0;
+    return MropeKeyRows{{t, t + lk, t + 2 * lk}};
+  }
+};
+
 // Q, K, V as float32 with a contiguous last dim; O written in `out`'s dtype.
-template <typename scalar_t>
-void attention_cpu_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionBias& bias,
-                          const AttentionShape& s, bool causal, at::Tensor& out) {
+template <typename scalar_t, typename Positions>
+void attention_cpu_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const float* log_size,
+                          const Positions& position, const AttentionShape& s, bool causal, at::Tensor& out) {
   const int64_t dh = s.head_dim, lq = s.lq, lk = s.lk;
   const int64_t group = s.heads / s.kv_heads;
   const int64_t rows_total = lq * group;
@@ -52,11 +77,11 @@ void attention_cpu_kernel(const at::Tensor& q, const at::Tensor& k, const at::Te
   const float* k_base = k.const_data_ptr<float>();
   const float* v_base = v.const_data_ptr<float>();
   scalar_t* o_base = out.data_ptr<scalar_t>();
-  const DistanceBias position{bias.table_data, s.table_len};
-  std::vector<float> zero_log_size(position.enabled() && !bias.log_size_data ? kKeyBlock : 0, 0.f);
+  std::vector<float> zero_log_size(position.bias.enabled() && !log_size ? kKeyBlock : 0, 0.f);
 
   at::parallel_for(0, s.batch * s.kv_heads * row_blocks, 1, [&](int64_t w0, int64_t w1) {
     std::vector<float> q_buf(kRowBlock * dh), scores(kRowBlock * kKeyBlock), acc(kRowBlock * dh);
+    std::vector<float> bias_row(kKeyBlock);
     std::vector<OnlineSoftmaxRow> softmax(kRowBlock);
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t rb = w % row_blocks, hk = (w / row_blocks) % s.kv_heads, b = w / (row_blocks * s.kv_heads);
@@ -78,16 +103,22 @@ void attention_cpu_kernel(const at::Tensor& q, const at::Tensor& k, const at::Te
         const float* vf = v_base + b * v.stride(0) + j0 * v.stride(1) + hk * v.stride(2);
         // S (nr x nk, row-major) = scale * Q K^T; BLAS is column-major, hence the swapped operands.
         sgemm_colmajor(true, false, nk, nr, dh, s.scale, kf, k.stride(1), q_buf.data(), dh, 0.f, scores.data(), nk);
-        const float* ls = bias.log_size_data ? bias.log_size_data + b * lk + j0 : zero_log_size.data();
-        const int64_t* kp = bias.k_pos_data ? bias.k_pos_data + b * lk + j0 : nullptr;
+        const float* ls = log_size ? log_size + b * lk + j0 : zero_log_size.data();
+        const auto kp = position.keys(b, j0);
+        int64_t bias_query = -1;  // the query whose bias bias_row holds (rows of one GQA group share it)
         for (int64_t r = 0; r < nr; ++r) {
           const int64_t i = (r0 + r) / group;
           // Bias and mask: the visible keys are a prefix of the block.
           const int64_t visible = std::clamp<int64_t>(visible_key_end(i, lq, lk, causal) - j0, 0, nk);
+          const float* bias = log_size ? ls : nullptr;
+          if (position.bias.enabled()) {
+            if (i != bias_query)
+              position_bias_row(bias_row.data(), visible, ls, kp, position.query(b, i), position.bias);
+            bias_query = i;
+            bias = bias_row.data();
+          }
           float* row = scores.data() + r * nk;
-          const float block_max =
-              add_bias_and_max(row, nk, visible, bias.log_size_data || position.enabled() ? ls : nullptr, kp,
-                               bias.q_pos_data ? bias.q_pos_data[b * lq + i] : 0, position);
+          const float block_max = add_bias_and_max(row, nk, visible, bias);
           // Softmax rescale: P = exp(S - offset); the row's earlier sum and output move to the new maximum.
           const OnlineSoftmaxRow::Step step = softmax[r].rescale(block_max);
           softmax[r].add(step, exp_and_sum(row, nk, step.offset));
@@ -117,6 +148,7 @@ at::Tensor calibrated_attention_cpu(const at::Tensor& q, const at::Tensor& k, co
                                     std::optional<double> scale) {
   const AttentionShape s = check_calibrated_attention_args(q, k, v, log_size, q_pos, k_pos, table, scale);
   if (s.has_log_size) check_log_size_values(*log_size);
+  if (s.has_positions) check_table_values(*table);
   at::Tensor out = at::empty({s.batch, s.lq, s.heads, s.head_dim}, q.options());
   if (out.numel() == 0) return out;
   if (s.lk == 0) return out.zero_();
@@ -125,8 +157,19 @@ at::Tensor calibrated_attention_cpu(const at::Tensor& q, const at::Tensor& k, co
   // BLAS wants float32. O(Lk x Dh) extra memory for half/bfloat16, never O(Lq x Lk).
   const at::Tensor kf = blas_rows(k), vf = blas_rows(v);
   const AttentionBias bias = contiguous_attention_bias(s, log_size, q_pos, k_pos, table);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "calibrated_attention_cpu",
-                                  [&] { attention_cpu_kernel<scalar_t>(q, kf, vf, bias, s, causal, out); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "calibrated_attention_cpu", [&] {
+    if (s.pos_axes == 3) {
+      // Keys' positions planar, (B, 3, Lk): O(Lk) once, never O(Lq x Lk).
+      const at::Tensor k_planar = bias.k_pos.transpose(1, 2).contiguous();
+      const MropePositions position{MropeDistanceBias{bias.table_data, s.table_len}, bias.q_pos_data,
+                                    k_planar.const_data_ptr<int64_t>(), s.lq, s.lk};
+      attention_cpu_kernel<scalar_t>(q, kf, vf, bias.log_size_data, position, s, causal, out);
+    } else {
+      const DistancePositions position{DistanceBias{bias.table_data, s.table_len}, bias.q_pos_data, bias.k_pos_data,
+                                       s.lq, s.lk};
+      attention_cpu_kernel<scalar_t>(q, kf, vf, bias.log_size_data, position, s, causal, out);
+    }
+  });
   return out;
 }
 

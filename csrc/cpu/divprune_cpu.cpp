@@ -15,6 +15,7 @@
 #include "cpu/symmetric_tiles.h"
 #include "op_checks.h"
 #include "restore/divprune_math.h"
+#include "unit_tokens.h"
 
 namespace restore {
 namespace {
@@ -91,8 +92,7 @@ at::Tensor divprune_indices_cpu(const at::Tensor& x, int64_t k) {
     return out;
   }
   for (int64_t b = 0; b < batch; ++b) {
-    const at::Tensor xf = x[b].to(at::kFloat);
-    const at::Tensor xn = (xf / xf.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12)).contiguous();
+    const at::Tensor xn = unit_tokens(x[b].to(at::kFloat), 1);
     divprune_row(xn, k, out.data_ptr<int64_t>() + b * k);
   }
   return out;

@@ -47,23 +47,39 @@ inline float exp_poly(float x) {
   return x < -87.0f ? 0.0f : p * two_n;
 }
 
+// log(x) for positive normal x (all the M-RoPE bias needs: 2 - decay lies in [2^-23, 5]) as e * ln 2 +
+// log(m), m in [sqrt(1/2), sqrt(2)), with Cephes' logf polynomial (relative error ~1e-7). Branch-free, so that
+// the bias loop vectorises; std::log would be a library call per score.
+inline float log_poly(float x) {
+  const int32_t bits = float_bits(x);
+  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
+  float m = bits_float((bits & 0x007fffff) | 0x3f000000);  // in [0.5, 1)
+  const bool low = m < 0.707106781186547524f;
+  e = low ? e - 1.0f : e;
+  m = low ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+
 // Reductions over 16 independent lanes: without -ffast-math the compiler may not reorder a single running
 // sum or max, but it vectorises lane-wise updates of an array.
 constexpr int64_t kLanes = 16;
 
-}  // namespace
-
-RESTORE_CPU_CLONES
-float add_bias_and_max(float* row, int64_t n, int64_t visible, const float* log_size, const int64_t* k_pos,
-                       int64_t q_pos, const DistanceBias& position) {
+// -inf past `visible`, and the maximum of the row: the tail of both add_bias_and_max forms.
+inline float mask_and_max(float* row, int64_t n, int64_t visible) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  if (position.enabled()) {
-    // The bias step of every kernel (restore/score_bias.h): the same saturating distance as on the GPU.
-    const DistanceBias bias = position;
-    for (int64_t c = 0; c < visible; ++c) row[c] += log_size[c] + bias(q_pos, k_pos[c]);
-  } else if (log_size != nullptr) {
-    for (int64_t c = 0; c < visible; ++c) row[c] += log_size[c];
-  }
   for (int64_t c = visible; c < n; ++c) row[c] = neg_inf;
   float lanes[kLanes];
   for (int64_t l = 0; l < kLanes; ++l) lanes[l] = neg_inf;
@@ -74,6 +90,64 @@ float add_bias_and_max(float* row, int64_t n, int64_t visible, const float* log_
   for (; c < visible; ++c) m = row[c] > m ? row[c] : m;
   for (int64_t l = 0; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
   return m;
+}
+
+}  // namespace
+
+// The position-bias loops run over chunks of keys in two passes: table indices (int64 distance math, saturating)
+// narrowed to int32, then the table reads. GCC vectorises a float gather only with 32-bit indices (a fused loop
+// with the int64 index stays scalar), and only where it knows the output does not alias the table: the
+// __restrict parameters of these inlined helpers say so. The op refuses tables of 2^31 entries or more, so the
+// narrowing is exact.
+constexpr int64_t kChunk = 64;
+
+inline void table_reads(float* __restrict out, int64_t m, const float* __restrict log_size,
+                        const int32_t* __restrict idx, const float* __restrict table) {
+  for (int64_t c = 0; c < m; ++c) out[c] = log_size[c] + table[idx[c]];
+}
+
+inline void log_of_decay(float* __restrict out, int64_t m, const float* __restrict log_size,
+                         const int32_t* __restrict it, const int32_t* __restrict ih, const int32_t* __restrict iw,
+                         const float* __restrict t_row, const float* __restrict h_row, const float* __restrict w_row) {
+  for (int64_t c = 0; c < m; ++c)
+    out[c] = log_size[c] + log_poly(2.f - MropeDistanceBias::decay_sum(t_row[it[c]], h_row[ih[c]], w_row[iw[c]]));
+}
+
+RESTORE_CPU_CLONES
+void position_bias_row(float* bias, int64_t visible, const float* log_size, const int64_t* k_pos, int64_t q_pos,
+                       const DistanceBias& position) {
+  // The bias step of every kernel (restore/score_bias.h): the same saturating distance as on the GPU.
+  const int64_t len = position.table_len;
+  int32_t idx[kChunk];
+  for (int64_t c0 = 0; c0 < visible; c0 += kChunk) {
+    const int64_t m = visible - c0 < kChunk ? visible - c0 : kChunk;
+    for (int64_t c = 0; c < m; ++c) idx[c] = static_cast<int32_t>(distance_index(q_pos, k_pos[c0 + c], len));
+    table_reads(bias + c0, m, log_size + c0, idx, position.table);
+  }
+}
+
+RESTORE_CPU_CLONES
+void position_bias_row(float* bias, int64_t visible, const float* log_size, const MropeKeyRows& k_pos,
+                       const MropePosition& q_pos, const MropeDistanceBias& position) {
+  // MropeDistanceBias's decay (restore/score_bias.h) in two passes; only the log is this file's own.
+  const MropeDistanceBias mrope = position;
+  const int64_t qt = q_pos.axis[0], qh = q_pos.axis[1], qw = q_pos.axis[2];
+  int32_t it[kChunk], ih[kChunk], iw[kChunk];
+  for (int64_t c0 = 0; c0 < visible; c0 += kChunk) {
+    const int64_t m = visible - c0 < kChunk ? visible - c0 : kChunk;
+    const int64_t *kt = k_pos.axis[0] + c0, *kh = k_pos.axis[1] + c0, *kw = k_pos.axis[2] + c0;
+    for (int64_t c = 0; c < m; ++c) it[c] = static_cast<int32_t>(mrope.index(0, qt, kt[c]));
+    for (int64_t c = 0; c < m; ++c) ih[c] = static_cast<int32_t>(mrope.index(1, qh, kh[c]));
+    for (int64_t c = 0; c < m; ++c) iw[c] = static_cast<int32_t>(mrope.index(2, qw, kw[c]));
+    log_of_decay(bias + c0, m, log_size + c0, it, ih, iw, mrope.row(0), mrope.row(1), mrope.row(2));
+  }
+}
+
+RESTORE_CPU_CLONES
+float add_bias_and_max(float* row, int64_t n, int64_t visible, const float* bias) {
+  if (bias != nullptr)
+    for (int64_t c = 0; c < visible; ++c) row[c] += bias[c];
+  return mask_and_max(row, n, visible);
 }
 
 RESTORE_CPU_CLONES

@@ -88,10 +88,12 @@ at::Tensor calibrated_attention_cuda(const at::Tensor& q_in, const at::Tensor& k
   p.q_pos = bias.q_pos_data;
   p.k_pos = bias.k_pos_data;
   p.table = bias.table_data;
+  p.pos_axes = s.pos_axes == 3 ? 3 : 1;
   if (s.has_positions) p.table_len = s.table_len;
 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (s.has_log_size) attention::check_log_size_on_device(p.log_size, s.batch * s.lk, stream);
+  if (s.has_positions) attention::check_table_on_device(p.table, p.table_len, p.pos_axes, stream);
   bool done = false;
   if (q.scalar_type() == at::kHalf) done = run_tensor_core<__half>(s.head_dim, p, stream);
   if (q.scalar_type() == at::kBFloat16) done = run_tensor_core<__nv_bfloat16>(s.head_dim, p, stream);

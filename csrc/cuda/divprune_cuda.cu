@@ -12,6 +12,7 @@
 #include "cuda/divprune_greedy.cuh"
 #include "cuda/similarity_tiles.cuh"
 #include "op_checks.h"
+#include "unit_tokens.h"
 
 namespace restore {
 
@@ -41,8 +42,7 @@ at::Tensor divprune_indices_cuda(const at::Tensor& x, int64_t k) {
   TORCH_CHECK(batch <= 65535, "divprune_indices: batch ", batch, " exceeds the CUDA grid limit 65535");
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
-  const at::Tensor xf = x.to(at::kFloat).contiguous();
-  const at::Tensor xn = (xf / xf.norm(2, {2}, /*keepdim=*/true).clamp_min(1e-12)).contiguous();
+  const at::Tensor xn = unit_tokens(x.to(at::kFloat), 2);
   at::Tensor near_first = at::empty({batch, n}, x.options().dtype(at::kFloat));
   row_reduce_similarity_kernel<<<similarity_grid(batch, n), kSimThreads, 0, stream>>>(
       xn.const_data_ptr<float>(), n, xn.const_data_ptr<float>(), n, d,

@@ -22,9 +22,8 @@ lmms-eval turns an exception inside ``generate`` into an empty answer and goes o
 after the batch instead, so a RESTORE error fails the run rather than scoring as wrong answers.
 With transformers 5, lmms-eval 0.7.3's ``llava_hf`` needs an explicit ``device_map`` (``cpu``, ``cuda:0`` or
 ``auto``) in ``--model_args``: its default ``""`` is refused by ``from_pretrained``.
-The Qwen models go through apply_restore's Qwen2.5-VL / Qwen3-VL adapters; their calibrated attention needs the
-multi-axis calibrated_attention kernel (docs/ops.md §5b): until it exists they run with ``calibrate=False`` only
-(restore_qwen2_5_vl is tested that way end to end; restore_qwen3_vl only resolves).
+The Qwen models go through apply_restore's Qwen2.5-VL / Qwen3-VL adapters, calibrated with
+calibrated_attention's M-RoPE form (docs/ops.md §5b).
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ inline std::atomic<int> device_asserts{0};
 #define RESTORE_DEVICE_ASSERT(cond, msg) \
   if (!(cond)) ++emu::device_asserts
 #include "cuda/calibrated_attention/log_size_check_kernel.h"
+#include "cuda/calibrated_attention/table_check_kernel.h"
 
 #include "cuda/calibrated_attention/combine_kernel.h"
 #include "cuda/calibrated_attention/simt_kernel.h"
@@ -31,6 +32,7 @@ struct SimtCase {
   int T;
   char expanded = 0;  // 'k' or 'v': that tensor has stride 0 along L (expand()), every row is row 0
   bool extreme_pos = false;  // positions near INT64_MAX / INT64_MIN: the distance index must saturate
+  bool mrope = false;        // (t, h, w) positions and a (3, T) table of decay shares (docs/ops.md §5b)
 };
 
 template <typename E>
@@ -52,6 +54,7 @@ double simt_case(const SimtCase& c, uint32_t seed) {
     for (int i = 0; i < c.Lq; ++i) qp[b * c.Lq + i] = (c.Lk - c.Lq + i) / 2 + 9;
   }
   if (c.extreme_pos) set_extreme_positions(qp, kp);
+  if (c.mrope) set_mrope_inputs(c.B, c.Lq, c.Lk, c.T, c.extreme_pos, qp, kp, table);
   std::vector<E> out(size_t(c.B) * c.Lq * c.H * c.D, E(123.f));
 
   AttentionParams p{};
@@ -67,13 +70,19 @@ double simt_case(const SimtCase& c, uint32_t seed) {
   if (c.expanded == 'k') p.k_row_stride = 0;
   if (c.expanded == 'v') p.v_row_stride = 0;
   if (c.bias) p.log_size = ls.data(), p.q_pos = qp.data(), p.k_pos = kp.data(), p.table = table.data(), p.table_len = c.T;
+  p.pos_axes = c.mrope ? 3 : 1;
   p.batch = c.B, p.lq = c.Lq, p.lk = c.Lk, p.heads = c.H, p.kv_heads = c.Hkv, p.head_dim = c.D;
   p.scale = 1.f / std::sqrt(float(c.D));
   p.causal = c.causal;
 
   // The grid of run_simt_attention (simt_attention.cu).
   const dim3 grid((c.Lq + kWarpsPerBlock - 1) / kWarpsPerBlock, c.H, c.B);
-  emu::launch(grid, 32 * kWarpsPerBlock, [&] { simt_attention_kernel<E>(p); });
+  emu::launch(grid, 32 * kWarpsPerBlock, [&] {
+    if (c.mrope)
+      simt_attention_kernel<E, restore::MropeDistanceBias>(p);
+    else
+      simt_attention_kernel<E, restore::DistanceBias>(p);
+  });
   return max_abs_error(out, reference_attention<E>(p));
 }
 
@@ -89,6 +98,8 @@ int simt_sweep(const char* name, double tol) {
       {1, 6, 6, 1, 1, 8, true, true, false, 3},     // Dh below a warp
       {2, 9, 21, 4, 2, 64, true, true, false, 8, 'k', true},  // expanded K, extreme positions
       {1, 7, 12, 2, 1, 40, false, true, true, 8, 'v'},        // expanded V
+      {2, 9, 40, 4, 2, 64, true, true, false, 16, 0, false, true},  // M-RoPE (t, h, w), GQA
+      {1, 1, 50, 8, 1, 128, true, true, true, 64, 'k', true, true},  // M-RoPE decode, extreme ids
   };
   int bad = 0;
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -164,6 +175,46 @@ int log_size_check_cases() {
   return bad;
 }
 
+// The device-side table check: clean tables pass; a 1-D table with +inf / NaN, an M-RoPE table with a share
+// outside [-1, 1] (or NaN), or one whose row maxima add up to 2 or more asserts. The block reduction of the
+// maxima is checked with each row's maximum at a different place (len > the block, so grid-stride too).
+int table_check_cases() {
+  auto asserts = [](const std::vector<float>& table, int64_t len, int axes) {
+    emu::device_asserts = 0;
+    emu::launch(dim3(1), kTableCheckThreads, [&] { table_check_kernel(table.data(), len, axes); });
+    return emu::device_asserts.load();
+  };
+  int bad = 0;
+  auto expect = [&](const char* what, bool ok) {
+    std::printf("table check: %s%s\n", what, ok ? "" : "  <-- wrong");
+    bad += !ok;
+  };
+  for (const int64_t len : {int64_t(1), int64_t(300), int64_t(1000)}) {
+    std::vector<float> t1(len);
+    for (int64_t d = 0; d < len; ++d) t1[d] = 0.01f * float(d % 97) - 0.3f;
+    t1[0] = -INFINITY;  // masks the keys at distance 0
+    expect("1-D finite and -inf pass", asserts(t1, len, 1) == 0);
+    t1[len - 1] = INFINITY;
+    expect("1-D +inf asserts", asserts(t1, len, 1) == 1);
+    t1[len - 1] = NAN;
+    expect("1-D NaN asserts", asserts(t1, len, 1) == 1);
+
+    std::vector<float> t3(3 * len);
+    for (int64_t d = 0; d < 3 * len; ++d) t3[d] = 0.2f * std::cos(0.1f * float(d));
+    const int64_t spot[3] = {0, len / 2, len - 1};
+    for (int s = 0; s < 3; ++s) t3[s * len + spot[s]] = 0.6f;  // maxima 0.6 * 3 = 1.8 < 2
+    expect("M-RoPE decay shares pass", asserts(t3, len, 3) == 0);
+    t3[2 * len + spot[2]] = 0.85f;  // 0.6 + 0.6 + 0.85 = 2.05
+    expect("M-RoPE maxima adding up to >= 2 assert", asserts(t3, len, 3) == 1);
+    t3[2 * len + spot[2]] = 0.6f;
+    t3[len + spot[1]] = -1.5f;  // below -1 (the h maximum falls to 0.2: still < 2)
+    expect("M-RoPE share below -1 asserts", asserts(t3, len, 3) == 1);
+    t3[len + spot[1]] = NAN;
+    expect("M-RoPE NaN share asserts", asserts(t3, len, 3) >= 1);
+  }
+  return bad;
+}
+
 int main(int argc, char** argv) {
   const std::string which = argc > 1 ? argv[1] : "";
   int bad = 0;
@@ -172,5 +223,6 @@ int main(int argc, char** argv) {
   // Outputs are |x| <~ 3: half of an fp16/bf16 ulp there, plus float32 accumulation.
   if (which.empty() || which == "combine") bad += combine_sweep<__half>("fp16", 2e-3) + combine_sweep<__nv_bfloat16>("bf16", 1.6e-2);
   if (which.empty() || which == "log_size_check") bad += log_size_check_cases();
+  if (which.empty() || which == "table_check") bad += table_check_cases();
   return bad ? 1 : 0;
 }

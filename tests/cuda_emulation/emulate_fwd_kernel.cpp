@@ -35,6 +35,7 @@ struct Case {
   bool pack_gqa;
   char expanded = 0;  // 'k' or 'v': that tensor has stride 0 along L (expand()), every row is row 0
   bool extreme_pos = false;  // positions near INT64_MAX / INT64_MIN: the distance index must saturate
+  bool mrope = false;        // (t, h, w) positions and a (3, T) table of decay shares (docs/ops.md §5b)
 };
 
 template <int D, typename E>
@@ -60,6 +61,7 @@ double run_case(const Case& c, uint32_t seed) {
     for (int i = 0; i < Lq; ++i) qp[b * Lq + i] = (Lk - Lq + i) / 2 + 9;
   }
   if (c.extreme_pos) set_extreme_positions(qp, kp);
+  if (c.mrope) set_mrope_inputs(B, Lq, Lk, c.T, c.extreme_pos, qp, kp, table);
   std::vector<E> out(size_t(B) * Lq * H * D, E(123.f));
 
   AttentionParams p{};
@@ -76,6 +78,7 @@ double run_case(const Case& c, uint32_t seed) {
   if (c.expanded == 'v') p.v_row_stride = 0;
   if (c.log_size) p.log_size = ls.data();
   if (c.pos) p.q_pos = qp.data(), p.k_pos = kp.data(), p.table = table.data(), p.table_len = c.T;
+  p.pos_axes = c.mrope ? 3 : 1;
   p.batch = B, p.lq = Lq, p.lk = Lk, p.heads = H, p.kv_heads = Hkv, p.head_dim = D;
   p.scale = 1.f / std::sqrt(float(D));
   p.causal = c.causal;
@@ -104,7 +107,10 @@ double run_case(const Case& c, uint32_t seed) {
         for (int t = 0; t < Traits::kThreads; ++t)
           threads.emplace_back([&, t] {
             emu::block = &block, threadIdx.x = t, blockIdx.x = bx, blockIdx.y = by, blockIdx.z = bz;
-            calibrated_attention_fwd_kernel<Traits>(p);
+            if (c.mrope)
+              calibrated_attention_fwd_kernel<Traits, restore::MropeDistanceBias>(p);
+            else
+              calibrated_attention_fwd_kernel<Traits, restore::DistanceBias>(p);
           });
         for (auto& t : threads) t.join();
       }
@@ -142,6 +148,10 @@ int sweep(const char* name) {
       {1, 70, 130, 2, 1, true, true, true, 0, false, false, 8, false, 'k', true},  // expanded K, extreme positions
       {2, 3, 200, 4, 2, false, true, true, 2, false, false, 16, true, 'k', true},   // the same, packed, splits
       {1, 20, 90, 2, 2, true, true, true, 0, false, false, 8, false, 'v'},  // expanded V
+      // M-RoPE (t, h, w): prefill over two tiles, decode packed with splits, extreme ids, no log_size
+      {2, 70, 130, 2, 1, true, true, true, 0, false, true, 40, false, 0, false, true},
+      {2, 3, 200, 8, 2, true, true, true, 2, true, false, 64, true, 0, false, true},
+      {1, 40, 100, 2, 2, false, false, true, 0, false, false, 16, false, 'k', true, true},
   };
   int bad = 0;
   for (size_t i = 0; i < cases.size(); ++i) {

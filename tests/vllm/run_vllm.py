@@ -2,7 +2,8 @@
 
 Each scenario runs in its own interpreter (vLLM engines do not shut down cleanly enough to share a process), so
 the tests drive this script: `python run_vllm.py '<spec json>'`. spec: model, engine (LLM keyword arguments),
-prompts (indices into tiny_models.PROMPTS, default all), calls (generate calls, default 1), max_tokens.
+prompts (indices into the family's PROMPTS, default all), calls (generate calls, default 1), max_tokens, family
+("llava": tiny_models, "qwen2_5_vl": tiny_qwen).
 """
 import json
 import os
@@ -10,7 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tiny_models import PROMPTS, images  # noqa: E402
+import tiny_models  # noqa: E402
+import tiny_qwen  # noqa: E402
 
 
 def _metric(llm, name: str) -> float:
@@ -29,10 +31,11 @@ def main():
                   limit_mm_per_prompt={"image": 2}, disable_log_stats=False)
     engine.update(spec.get("engine", {}))
     llm = LLM(model=spec["model"], **engine)
-    pics = images(2)
+    family = {"llava": tiny_models, "qwen2_5_vl": tiny_qwen}[spec.get("family", "llava")]
+    table, pics = family.PROMPTS, family.images(2)
     prompts = []
-    for i in spec.get("prompts", range(len(PROMPTS))):
-        text, count = PROMPTS[i]
+    for i in spec.get("prompts", range(len(table))):
+        text, count = table[i]
         prompts.append({"prompt": text, "multi_modal_data": {"image": pics[:count]}} if count else {"prompt": text})
     params = SamplingParams(max_tokens=spec.get("max_tokens", 8), temperature=0.0, logprobs=1)
     calls = []

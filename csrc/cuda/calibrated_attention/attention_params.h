@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 #include <cstdint>
 
+#include "restore/score_bias.h"
+
 namespace restore::attention {
 
 struct AttentionParams {
@@ -16,10 +18,11 @@ struct AttentionParams {
   int64_t v_batch_stride, v_row_stride, v_head_stride;
 
   const float* log_size;  // (B, Lk) contiguous, or null
-  const int64_t* q_pos;   // (B, Lq) contiguous, or null; k_pos and table are null with it
-  const int64_t* k_pos;   // (B, Lk) contiguous
-  const float* table;     // (T,)
-  int64_t table_len;
+  const int64_t* q_pos;   // (B, Lq, pos_axes) contiguous, or null; k_pos and table are null with it
+  const int64_t* k_pos;   // (B, Lk, pos_axes) contiguous
+  const float* table;     // (T,) for 1-D positions, (3, T) decay shares for M-RoPE
+  int64_t table_len;      // T
+  int pos_axes;           // 1: DistanceBias (docs/ops.md §5); 3: MropeDistanceBias (§5b)
 
   int batch, lq, lk, heads, kv_heads, head_dim;
   float scale;
@@ -36,6 +39,19 @@ struct AttentionParams {
   float* partial_lse = nullptr;  // (num_splits, B * Lq * H)
 };
 
+// Token `index` of a (rows, pos_axes) position array, as the position bias' Position type.
+template <typename Position>
+__device__ __forceinline__ Position position_at(const int64_t* pos, int64_t index);
+template <>
+__device__ __forceinline__ int64_t position_at<int64_t>(const int64_t* pos, int64_t index) {
+  return pos[index];
+}
+template <>
+__device__ __forceinline__ MropePosition position_at<MropePosition>(const int64_t* pos, int64_t index) {
+  const int64_t* p = pos + 3 * index;
+  return MropePosition{{p[0], p[1], p[2]}};
+}
+
 // Tensor-core path: Element is __half or __nv_bfloat16; one explicit instantiation per (head dim, dtype)
 // in fwd_hdim*_*.cu. Returns false (launching nothing) when the device cannot hold its tiles, so the
 // caller falls back to the SIMT kernel.
@@ -46,6 +62,10 @@ bool run_tensor_core_attention(AttentionParams params, cudaStream_t stream);
 constexpr int kSimtMaxHeadDim = 256;
 template <typename scalar_t>
 void run_simt_attention(const AttentionParams& params, cudaStream_t stream);
+
+// Device-side assert that the table holds what the bias of its form admits (restore/score_bias.h): finite
+// values (pos_axes 1), or decay shares in [-1, 1] with row maxima adding up to less than 2 (pos_axes 3).
+void check_table_on_device(const float* table, int64_t table_len, int pos_axes, cudaStream_t stream);
 
 // Device-side assert that log_size (count contiguous float32 values) holds no +inf or NaN; no host sync
 // (log_size_check_kernel.h says why).

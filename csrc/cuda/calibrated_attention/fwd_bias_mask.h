@@ -12,8 +12,8 @@
 
 namespace restore::attention {
 
-// PositionBias: restore::DistanceBias today; another position term (issue 12's M-RoPE) is another type with
-// the same enabled() and operator()(q_pos, k_pos), loaded per row and per key as its Position.
+// PositionBias: restore::DistanceBias (1-D) or restore::MropeDistanceBias (t, h, w); its Position is loaded
+// per row (FragmentRowPositions) and per key (the tile's k_pos in shared memory).
 template <typename Traits, typename PositionBias>
 struct FragmentBiasMask {
   float scale;
@@ -21,7 +21,8 @@ struct FragmentBiasMask {
   PositionBias position;
 
   // tile_log_size, tile_k_pos: the tile's per-key inputs in shared memory; j0: its first key.
-  __device__ __forceinline__ void apply(ScoreFragment<Traits>& s, const FragmentRows& rows, int j0,
+  __device__ __forceinline__ void apply(ScoreFragment<Traits>& s, const FragmentRows& rows,
+                                        const FragmentRowPositions<typename PositionBias::Position>& row_pos, int j0,
                                         const float* tile_log_size, const typename PositionBias::Position* tile_k_pos,
                                         int lane) const {
     const int t4 = lane & 3;
@@ -35,7 +36,7 @@ struct FragmentBiasMask {
           x = -INFINITY;
         } else {
           if (has_log_size) x += tile_log_size[c];
-          if (position.enabled()) x += position(rows.q_pos[hh], tile_k_pos[c]);
+          if (position.enabled()) x += position(row_pos.q_pos[hh], tile_k_pos[c]);
         }
         s[n][e] = x;
       }

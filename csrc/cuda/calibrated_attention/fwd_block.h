@@ -53,7 +53,6 @@ __device__ __forceinline__ int fragment_row(int warp, int lane, int hh) { return
 // Lq (never written).
 struct FragmentRows {
   int query[2];
-  int64_t q_pos[2];
   int64_t key_end[2];  // visible_key_end of the row: keys at or past it are masked
 };
 
@@ -64,10 +63,27 @@ __device__ __forceinline__ FragmentRows fragment_rows(const AttentionParams& p, 
     const int r = blk.m0 + fragment_row(warp, lane, hh);
     const int i = r < blk.rows_total ? blk.query_of_row(r) : p.lq;
     rows.query[hh] = i;
-    rows.q_pos[hh] = (p.q_pos && i < p.lq) ? p.q_pos[int64_t(blk.b) * p.lq + i] : 0;
     rows.key_end[hh] = visible_key_end(i, p.lq, p.lk, p.causal);
   }
   return rows;
+}
+
+// The positions of those two rows, as the position bias reads them (Position{} where absent or padding).
+template <typename Position>
+struct FragmentRowPositions {
+  Position q_pos[2];
+};
+
+template <typename Position>
+__device__ __forceinline__ FragmentRowPositions<Position> fragment_row_positions(const AttentionParams& p,
+                                                                                 const FwdBlock& blk,
+                                                                                 const FragmentRows& rows) {
+  FragmentRowPositions<Position> pos;
+  for (int hh = 0; hh < 2; ++hh) {
+    const int i = rows.query[hh];
+    pos.q_pos[hh] = (p.q_pos && i < p.lq) ? position_at<Position>(p.q_pos, int64_t(blk.b) * p.lq + i) : Position{};
+  }
+  return pos;
 }
 
 }  // namespace restore::attention

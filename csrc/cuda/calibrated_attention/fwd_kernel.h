@@ -21,16 +21,19 @@
 namespace restore::attention {
 
 // Grid: x = row tile * num_splits + split, y = head (K/V head with pack_gqa), z = batch.
-template <typename Traits>
+// PositionBias: DistanceBias (1-D positions) or MropeDistanceBias (t, h, w), restore/score_bias.h.
+template <typename Traits, typename PositionBias>
 __global__ void __launch_bounds__(Traits::kThreads)
     calibrated_attention_fwd_kernel(const AttentionParams p) {
+  using Position = typename PositionBias::Position;
   extern __shared__ __align__(16) unsigned char smem[];
-  const FwdSmem<Traits> sm(smem);
+  const FwdSmem<Traits, Position> sm(smem);
   const FwdBlock blk = fwd_block<Traits>(p);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const FragmentRows rows = fragment_rows(p, blk, warp, lane);
-  const FragmentBiasMask<Traits, DistanceBias> bias_mask{p.scale, p.log_size != nullptr,
-                                                         DistanceBias{p.table, p.table_len}};
+  const FragmentRowPositions<Position> row_pos = fragment_row_positions<Position>(p, blk, rows);
+  const FragmentBiasMask<Traits, PositionBias> bias_mask{p.scale, p.log_size != nullptr,
+                                                         PositionBias{p.table, p.table_len}};
 
   OutputFragment<Traits> acc;
 #pragma unroll
@@ -58,7 +61,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
 
     ScoreFragment<Traits> s;
     gemm_qk<Traits>(s, sm.q_tile, sm.k(stage), warp, lane);
-    bias_mask.apply(s, rows, tile * Traits::kBlockN, sm.log_size(stage), sm.k_pos(stage), lane);
+    bias_mask.apply(s, rows, row_pos, tile * Traits::kBlockN, sm.log_size(stage), sm.k_pos(stage), lane);
     softmax_rescale_o<Traits>(softmax, s, acc);
     gemm_pv<Traits>(acc, s, sm.v(stage), lane);
     __syncthreads();  // the next iteration's loads overwrite the stage just read

@@ -19,11 +19,23 @@ inline int choose_num_splits(int blocks, int key_tiles, int sm_count) {
   return std::max(1, std::min({want, key_tiles, 128}));
 }
 
+// The kernel of the params' position form and its shared memory.
+template <typename Traits, typename PositionBias>
+void launch_fwd_kernel(const AttentionParams& params, dim3 grid, cudaStream_t stream) {
+  constexpr size_t smem = Traits::template smem_bytes<typename PositionBias::Position>();
+  auto kernel = calibrated_attention_fwd_kernel<Traits, PositionBias>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<grid, Traits::kThreads, smem, stream>>>(params);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <int kHeadDim, typename Element>
 bool run_tensor_core_attention(AttentionParams params, cudaStream_t stream) {
   using Traits = FwdTraitsFor<kHeadDim, Element>;
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  if (prop->major < 8 || Traits::kSmemBytes > prop->sharedMemPerBlockOptin) return false;
+  const size_t smem = params.pos_axes == 3 ? Traits::template smem_bytes<MropePosition>()
+                                           : Traits::template smem_bytes<int64_t>();
+  if (prop->major < 8 || smem > prop->sharedMemPerBlockOptin) return false;
 
   const bool decode = params.lq <= 16;
   const int group = params.heads / params.kv_heads;
@@ -50,12 +62,11 @@ bool run_tensor_core_attention(AttentionParams params, cudaStream_t stream) {
     }
   }
 
-  auto kernel = calibrated_attention_fwd_kernel<Traits>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(Traits::kSmemBytes)));
   const dim3 grid(static_cast<unsigned>(m_blocks * params.num_splits), head_blocks, params.batch);
-  kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(params);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (params.pos_axes == 3)
+    launch_fwd_kernel<Traits, MropeDistanceBias>(params, grid, stream);
+  else
+    launch_fwd_kernel<Traits, DistanceBias>(params, grid, stream);
   if (params.num_splits > 1) run_combine_splits<Element>(params, stream);
   // partial_out / partial_lse are freed here, which is safe: the caching allocator reuses a block only
   // for work queued later on the same stream.

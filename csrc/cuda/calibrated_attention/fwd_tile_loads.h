@@ -25,8 +25,9 @@ __device__ __forceinline__ void load_tile(typename Traits::Element* dst, const t
 }
 
 // The block's kBlockM rows of Q; with packed GQA, consecutive rows are the heads of one query.
-template <typename Traits>
-__device__ __forceinline__ void load_q_tile(const FwdSmem<Traits>& sm, const AttentionParams& p, const FwdBlock& blk) {
+template <typename Traits, typename Position>
+__device__ __forceinline__ void load_q_tile(const FwdSmem<Traits, Position>& sm, const AttentionParams& p,
+                                            const FwdBlock& blk) {
   using Element = typename Traits::Element;
   const Element* q_batch = static_cast<const Element*>(p.q) + blk.b * p.q_batch_stride;
   for (int c = threadIdx.x; c < Traits::kBlockM * Traits::kChunksPerRow; c += Traits::kThreads) {
@@ -41,9 +42,9 @@ __device__ __forceinline__ void load_q_tile(const FwdSmem<Traits>& sm, const Att
 // Key tile `tile` into stage `stage`: K and V rows, and each key's k_pos and log_size (0 where absent or
 // past Lk). The plain shared stores of the bias inputs are published by the same __syncthreads that
 // publishes the cp.async tile.
-template <typename Traits>
-__device__ __forceinline__ void load_kv_tile(const FwdSmem<Traits>& sm, const AttentionParams& p, const FwdBlock& blk,
-                                             int tile, int stage) {
+template <typename Traits, typename Position>
+__device__ __forceinline__ void load_kv_tile(const FwdSmem<Traits, Position>& sm, const AttentionParams& p,
+                                             const FwdBlock& blk, int tile, int stage) {
   using Element = typename Traits::Element;
   constexpr int BN = Traits::kBlockN;
   const Element* k_base = static_cast<const Element*>(p.k) + blk.b * p.k_batch_stride + blk.hk * p.k_head_stride;
@@ -54,7 +55,7 @@ __device__ __forceinline__ void load_kv_tile(const FwdSmem<Traits>& sm, const At
   for (int c = threadIdx.x; c < BN; c += Traits::kThreads) {
     const int j = j0 + c;
     const bool in = j < p.lk;
-    sm.k_pos(stage)[c] = (p.k_pos && in) ? p.k_pos[int64_t(blk.b) * p.lk + j] : 0;
+    sm.k_pos(stage)[c] = (p.k_pos && in) ? position_at<Position>(p.k_pos, int64_t(blk.b) * p.lk + j) : Position{};
     sm.log_size(stage)[c] = (p.log_size && in) ? p.log_size[int64_t(blk.b) * p.lk + j] : 0.f;
   }
 }

@@ -22,8 +22,12 @@ struct FwdTraits {
 
   static constexpr int kQElems = kBlockM * kRowStride;
   static constexpr int kKVElems = kBlockN * kRowStride;  // one stage of K or of V
-  static constexpr size_t kSmemBytes = sizeof(Element) * (kQElems + 4 * kKVElems) +
-                                       2 * kBlockN * (sizeof(int64_t) + sizeof(float));
+  // Q and the two stages of K and V, then per stage and key its Position (one int64, or three under M-RoPE)
+  // and log_size.
+  template <typename Position>
+  static constexpr size_t smem_bytes() {
+    return sizeof(Element) * (kQElems + 4 * kKVElems) + 2 * kBlockN * (sizeof(Position) + sizeof(float));
+  }
 };
 
 // 64 keys per tile keeps a warp's S fragment at 32 registers; at head dim 256 the output accumulator
@@ -32,27 +36,27 @@ template <int kHeadDim, typename Element>
 using FwdTraitsFor = FwdTraits<kHeadDim, (kHeadDim > 128 ? 32 : 64), Element>;
 
 // The dynamic shared memory of one block: Q, then [2 stages] of K, of V, and of the per-key bias inputs
-// (k_pos, log_size) that ride along with their tile.
-template <typename Traits>
+// (k_pos as the position bias' Position, log_size) that ride along with their tile.
+template <typename Traits, typename Position>
 struct FwdSmem {
   using Element = typename Traits::Element;
   static constexpr int BN = Traits::kBlockN;
   Element* q_tile;
   Element* k_tiles;
   Element* v_tiles;
-  int64_t* k_pos_tiles;
+  Position* k_pos_tiles;
   float* log_size_tiles;
 
   __device__ explicit FwdSmem(unsigned char* smem)
       : q_tile(reinterpret_cast<Element*>(smem)),
         k_tiles(q_tile + Traits::kQElems),
         v_tiles(k_tiles + 2 * Traits::kKVElems),
-        k_pos_tiles(reinterpret_cast<int64_t*>(v_tiles + 2 * Traits::kKVElems)),
+        k_pos_tiles(reinterpret_cast<Position*>(v_tiles + 2 * Traits::kKVElems)),
         log_size_tiles(reinterpret_cast<float*>(k_pos_tiles + 2 * BN)) {}
 
   __device__ Element* k(int stage) const { return k_tiles + stage * Traits::kKVElems; }
   __device__ Element* v(int stage) const { return v_tiles + stage * Traits::kKVElems; }
-  __device__ int64_t* k_pos(int stage) const { return k_pos_tiles + stage * BN; }
+  __device__ Position* k_pos(int stage) const { return k_pos_tiles + stage * BN; }
   __device__ float* log_size(int stage) const { return log_size_tiles + stage * BN; }
 };
 

@@ -11,7 +11,10 @@ namespace restore::attention {
 template <typename scalar_t>
 void run_simt_attention(const AttentionParams& params, cudaStream_t stream) {
   const dim3 grid((params.lq + kWarpsPerBlock - 1) / kWarpsPerBlock, params.heads, params.batch);
-  simt_attention_kernel<scalar_t><<<grid, 32 * kWarpsPerBlock, 0, stream>>>(params);
+  if (params.pos_axes == 3)
+    simt_attention_kernel<scalar_t, MropeDistanceBias><<<grid, 32 * kWarpsPerBlock, 0, stream>>>(params);
+  else
+    simt_attention_kernel<scalar_t, DistanceBias><<<grid, 32 * kWarpsPerBlock, 0, stream>>>(params);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -15,8 +15,8 @@ namespace restore::attention {
 constexpr int kWarpsPerBlock = 4;
 constexpr int kColsPerLane = kSimtMaxHeadDim / 32;
 
-// Grid: x = ceil(Lq / kWarpsPerBlock), y = head, z = batch.
-template <typename scalar_t>
+// Grid: x = ceil(Lq / kWarpsPerBlock), y = head, z = batch. PositionBias: DistanceBias or MropeDistanceBias.
+template <typename scalar_t, typename PositionBias>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock) simt_attention_kernel(const AttentionParams p) {
   const int lane = threadIdx.x % 32;
   const int i = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
@@ -34,9 +34,10 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) simt_attention_kernel(con
     qf[u] = d < p.head_dim ? static_cast<float>(q[d]) : 0.f;
     acc[u] = 0.f;
   }
-  const int64_t q_pos = p.q_pos ? p.q_pos[int64_t(b) * p.lq + i] : 0;
+  using Position = typename PositionBias::Position;
+  const Position q_pos = p.q_pos ? position_at<Position>(p.q_pos, int64_t(b) * p.lq + i) : Position{};
   const int key_end = int(visible_key_end(i, p.lq, p.lk, p.causal));  // keys past it are never read
-  const DistanceBias position{p.table, p.table_len};
+  const PositionBias position{p.table, p.table_len};
 
   OnlineSoftmaxRow softmax;
   for (int j = 0; j < key_end; ++j) {
@@ -52,7 +53,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) simt_attention_kernel(con
     // Bias (the mask is the loop bound)
     float x = dot * p.scale;
     if (p.log_size) x += p.log_size[int64_t(b) * p.lk + j];
-    if (position.enabled()) x += position(q_pos, p.k_pos[int64_t(b) * p.lk + j]);
+    if (position.enabled()) x += position(q_pos, position_at<Position>(p.k_pos, int64_t(b) * p.lk + j));
     // Softmax rescale, one key at a time, then O += p v_j
     const OnlineSoftmaxRow::Step step = softmax.rescale(x);
     const float weight = expf(x - step.offset);

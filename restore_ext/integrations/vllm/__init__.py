@@ -18,6 +18,8 @@ SUPPORTED_VLLM = ((0, 32), (0, 33))  # [0.32, 0.33): the vLLM versions these mod
 # vLLM architecture name -> the RESTORE-capable class registered in its place
 MODEL_CLASSES = {
     "LlavaForConditionalGeneration": "restore_ext.integrations.vllm.llava:RestoreLlavaForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration":
+        "restore_ext.integrations.vllm.qwen2_5_vl:RestoreQwen2_5_VLForConditionalGeneration",
 }
 _log = logging.getLogger(__name__)
 

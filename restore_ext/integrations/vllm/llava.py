@@ -28,7 +28,7 @@ from vllm.model_executor.models.vision import get_num_selected_vision_tokens, ge
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
-from .position_rows import TABLE, encode_rows
+from .position_rows import encode_rows
 from .settings import RestoreSettings, settings_of
 
 _WHO = "restore_ext.integrations.vllm"
@@ -114,7 +114,7 @@ class RestoreLlavaForConditionalGeneration(LlavaForConditionalGeneration, Suppor
             pos[offset:offset + count] = offset + dropped  # the image's first position; forward adds the offset
             dropped += self.full_tokens - count
             pos[offset + count:] += self.full_tokens - count
-        flags = torch.full((length,), TABLE if images else 0, dtype=torch.int64)
+        flags = self.restore.prompt_flags(length, bool(images))
         return encode_rows(pos.expand(3, length).contiguous(), flags), dropped
 
     def forward(self, input_ids: Optional[torch.Tensor], positions: torch.Tensor, intermediate_tensors=None,

@@ -8,7 +8,8 @@ turns that into at most two padded batches for :func:`restore_ext.calibrated_att
 Padding is on the left: a row's queries and keys are right-aligned, which keeps the op's bottom-right causal
 rule exact (query ``i`` of a request sees its keys ``<= i + context - queries``); padded keys get
 ``log_size = -inf`` and padded queries are dropped. Per-key RESTORE state (original position, ``log(size)``) is
-read by KV slot from :class:`SlotState`, which lives beside the cache and is written in step with it.
+read by KV slot from :class:`SlotState`, which lives beside the cache and is written in step with it. Positions
+have P rows per token: 1 for 1-D RoPE (LLaVA), 3 for M-RoPE (t, h, w; Qwen2.5-VL), as the op takes them.
 """
 from __future__ import annotations
 
@@ -21,16 +22,15 @@ from torch import Tensor
 
 import restore_ext
 
-UNREACHABLE = -(1 << 40)  # a query position whose distance to every key clamps to 0, where the table is 0
-
-
 class SlotState:
-    """Per-KV-slot RESTORE state: original position rows, log(size) of layers >= 1 and of layer 0."""
+    """Per-KV-slot RESTORE state: original position rows, log(size) of layers >= 1 and of layer 0, and the largest
+    position ever written (the distance table must cover every distance between keys and queries)."""
 
     def __init__(self, num_slots: int, pos_rows: int, device):
         self.pos = torch.zeros(num_slots, pos_rows, dtype=torch.int64, device=device)
         self.log_size = torch.zeros(num_slots, dtype=torch.float32, device=device)
         self.log_size_first = torch.zeros(num_slots, dtype=torch.float32, device=device)
+        self.max_pos = 0
 
     @property
     def num_slots(self) -> int:
@@ -43,6 +43,8 @@ class SlotState:
         self.pos[s] = pos[keep]
         self.log_size[s] = log_size[keep].float()
         self.log_size_first[s] = log_size_first[keep].float()
+        if s.numel():
+            self.max_pos = max(self.max_pos, int(pos[keep].max()))
 
 
 @dataclass
@@ -111,24 +113,39 @@ class GroupBias:
     rows: PaddedRows
     log_size: Tensor  # (B, Lk) float32, -inf on padding (layers >= 1)
     log_size_first: Tensor  # (B, Lk) float32 (layer 0)
-    q_pos: Optional[Tensor]  # (B, Lq) int64, UNREACHABLE for queries without the table; None: no table at all
-    k_pos: Optional[Tensor]  # (B, Lk) int64
+    q_pos: Optional[Tensor]  # (B, Lq) or (B, Lq, P) int64; None: no query of the batch adds the table
+    k_pos: Optional[Tensor]  # (B, Lk) or (B, Lk, P) int64
+    plain: Optional[Tensor] = None  # (B, Lq) bool: queries of a table row that must not add it; None: no such
 
 
 def group_bias(rows: PaddedRows, state: SlotState, q_pos: Tensor, q_table: Tensor, want_table: bool) -> GroupBias:
-    """Per-key state read by slot; q_pos (T,) / q_table (T,) bool of the step's flat queries."""
+    """Per-key state read by slot; q_pos (T, P) or (T,) / q_table (T,) bool of the step's flat queries.
+
+    Which queries add the distance table is a per-query fact (a request's prompt tokens do, its generated tokens
+    do not), but the keys of a row are shared by its queries. A row none of whose queries adds the table gets
+    position 0 for its queries and keys: every distance is 0, where the table's bias is exactly 0 (one axis or
+    several, since the decay shares add up to 1 at distance 0). A row that mixes both kinds (a recomputed chunk
+    after preemption holds prompt and generated tokens) is attended twice, with and without the table, and each
+    query takes its own (``plain``); steps without such a row pay nothing for it."""
     neg_inf = torch.full(rows.key_slots.shape, -math.inf, device=rows.key_slots.device)
     log_size = torch.where(rows.key_valid, state.log_size[rows.key_slots], neg_inf)
     log_size_first = torch.where(rows.key_valid, state.log_size_first[rows.key_slots], neg_inf)
-    qp = kp = None
-    if want_table:
-        pad_pos = torch.cat([torch.where(q_table, q_pos, UNREACHABLE), q_pos.new_full((1,), UNREACHABLE)])
-        qp = pad_pos[rows.query_index]
-        if bool((qp != UNREACHABLE).any()):
-            kp = state.pos[rows.key_slots, 0]
-        else:
-            qp = None
-    return GroupBias(rows, log_size, log_size_first, qp, kp)
+    if not want_table:
+        return GroupBias(rows, log_size, log_size_first, None, None)
+    if q_pos.dim() == 1:
+        q_pos = q_pos[:, None]
+    qt = torch.cat([q_table, q_table.new_zeros(1)])[rows.query_index]  # (B, Lq); padding never adds it
+    row_table = qt.any(1)
+    if not bool(row_table.any()):
+        return GroupBias(rows, log_size, log_size_first, None, None)
+    qp = torch.cat([q_pos, q_pos.new_zeros((1,) + q_pos.shape[1:])])[rows.query_index]  # (B, Lq, P)
+    kp = state.pos[rows.key_slots]  # (B, Lk, P)
+    qp = torch.where(row_table[:, None, None], qp, 0)
+    kp = torch.where(row_table[:, None, None], kp, 0)
+    plain = row_table[:, None] & ~qt & rows.query_valid
+    if qp.shape[-1] == 1:  # 1-D RoPE: the op's (B, L) positions with a (T,) table
+        qp, kp = qp[..., 0], kp[..., 0]
+    return GroupBias(rows, log_size, log_size_first, qp, kp, plain if bool(plain.any()) else None)
 
 
 def attend(query: Tensor, kv_cache: Tensor, groups: list[GroupBias], table: Optional[Tensor], first_layer: bool,
@@ -139,10 +156,14 @@ def attend(query: Tensor, kv_cache: Tensor, groups: list[GroupBias], table: Opti
     for g in groups:
         k, v = gather_kv(kv_cache, g.rows.key_slots, dh)
         q = padded[g.rows.query_index]
+        k, v = k.to(q.dtype), v.to(q.dtype)
+        log_size = g.log_size_first if first_layer else g.log_size
         use_table = g.q_pos is not None
         res = restore_ext.calibrated_attention(
-            q, k.to(q.dtype), v.to(q.dtype), g.log_size_first if first_layer else g.log_size,
-            g.q_pos if use_table else None, g.k_pos if use_table else None, table if use_table else None,
-            causal=True, scale=scale,
+            q, k, v, log_size, g.q_pos if use_table else None, g.k_pos if use_table else None,
+            table if use_table else None, causal=True, scale=scale,
         )
+        if use_table and g.plain is not None:
+            res_plain = restore_ext.calibrated_attention(q, k, v, log_size, causal=True, scale=scale)
+            res = torch.where(g.plain[:, :, None, None], res_plain, res)
         out[g.rows.query_index[g.rows.query_valid]] = res[g.rows.query_valid].to(out.dtype)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 import restore_ext
+from restore_ext.attention_bias import mrope_axis_of_freq, rope_decay_tables
 from vllm.forward_context import get_forward_context, is_forward_context_available
 
 from .attention import BACKEND_NAME, RestoreAttentionMetadata, StepBias, use_restore_attention
@@ -32,7 +33,7 @@ from .position_rows import TABLE, decode_rows
 from .settings import MROPE_SWITCH, RestoreSettings
 
 _WHO = "restore_ext.integrations.vllm"
-SUPPORTED_TEXT_MODELS = ("llama", "mistral", "qwen2")
+SUPPORTED_TEXT_MODELS = ("llama", "mistral", "qwen2", "qwen2_5_vl_text")
 # IntermediateTensors entries that carry a step's per-token data from one pipeline stage to the next
 CARRIED = ("restore_pos", "restore_log_size", "restore_log_size_first")
 
@@ -53,6 +54,9 @@ def refuse_unsupported(vllm_config) -> None:
         problems.append("encoder cache transfer (reduced encoder outputs carry per-token state made locally)")
     if vllm_config.cache_config.cache_dtype != "auto":
         problems.append(f"kv_cache_dtype={vllm_config.cache_config.cache_dtype!r}")
+    if vllm_config.compilation_config.cudagraph_mm_encoder:
+        problems.append("cudagraph_mm_encoder (the captured encoder path skips the model's embed_multimodal, where "
+                        "RESTORE reduces)")
     if model.use_mla:
         problems.append("MLA attention")
     if not model.uses_mrope:
@@ -64,8 +68,10 @@ def refuse_unsupported(vllm_config) -> None:
         raise ValueError(f"{_WHO}: RESTORE cannot run with " + "; ".join(problems))
 
 
-def text_rope_inv_freq(text_config) -> Tensor:
-    """The language model's RoPE inverse frequencies; only unscaled RoPE, whose table does not change with length."""
+def text_rope(text_config, pos_rows: int) -> tuple[Tensor, Optional[Tensor]]:
+    """(inv_freq, axis_of_freq) of the language model's RoPE: only unscaled RoPE, whose table does not change with
+    length. axis_of_freq is None for 1-D RoPE (pos_rows 1), else the M-RoPE axis (0 = t, 1 = h, 2 = w) each
+    frequency turns with: ``mrope_section`` in contiguous chunks, as vLLM's MRotaryEmbedding lays it out."""
     mt = getattr(text_config, "model_type", None)
     if mt not in SUPPORTED_TEXT_MODELS:
         raise ValueError(f"{_WHO}: language model {mt!r} is not supported; supported: {SUPPORTED_TEXT_MODELS}")
@@ -75,7 +81,17 @@ def text_rope_inv_freq(text_config) -> Tensor:
         raise ValueError(f"{_WHO}: rope_type {rope_type!r} is not supported yet (only default RoPE)")
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
     rotary_dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
-    return restore_ext.default_inv_freq(rotary_dim, float(rope.get("rope_theta", 10000.0)))
+    inv_freq = restore_ext.default_inv_freq(rotary_dim, float(rope.get("rope_theta", 10000.0)))
+    if pos_rows == 1:
+        return inv_freq, None
+    section = rope.get("mrope_section")
+    if rope.get("mrope_interleaved", False) or section is None or len(section) != pos_rows:
+        raise ValueError(f"{_WHO}: M-RoPE needs {pos_rows} mrope_section chunks (not interleaved), got "
+                         f"mrope_section={section!r}, mrope_interleaved={rope.get('mrope_interleaved', False)}")
+    if sum(section) != inv_freq.shape[0]:
+        raise ValueError(f"{_WHO}: mrope_section {list(section)} does not add up to the {inv_freq.shape[0]} rotary "
+                         "frequencies")
+    return inv_freq, mrope_axis_of_freq(list(section), inv_freq.shape[0], interleaved=False)
 
 
 @dataclass
@@ -109,7 +125,7 @@ class RestoreRuntime:
         refuse_unsupported(vllm_config)
         self.settings = settings
         self.pos_rows = pos_rows
-        self.inv_freq = text_rope_inv_freq(vllm_config.model_config.hf_text_config)
+        self.inv_freq, self.axis_of_freq = text_rope(vllm_config.model_config.hf_text_config, pos_rows)
         self.layers = use_restore_attention(language_model)
         self.records = EncoderRecords()
         self.pending: Optional[StepTokens] = None
@@ -120,9 +136,18 @@ class RestoreRuntime:
     def record(self, output: Tensor, offset: Tensor, size: Tensor, full: int) -> Tensor:
         """Registers one image's reduced tokens (K, D) with offsets (K, P) and sizes (K,); returns the output."""
         k = output.shape[0]
+        if not self.settings.calibrate:  # plain attention over the shortened prompt
+            zero = torch.zeros(k, dtype=torch.float32, device=output.device)
+            self.records.add(output, offset.to(torch.int64), zero, zero.clone())
+            return output
         log_size_first = torch.full((k,), math.log(full / k), dtype=torch.float32, device=output.device)
         self.records.add(output, offset.to(torch.int64), size.float().log(), log_size_first)
         return output
+
+    def prompt_flags(self, length: int, reduced: bool) -> Tensor:
+        """(length,) flags of a prompt's position rows: its tokens add the distance table when it holds a reduced
+        item and calibration is on."""
+        return torch.full((length,), TABLE if reduced and self.settings.calibrate else 0, dtype=torch.int64)
 
     def embed_step(self, num_tokens: int, pieces, is_multimodal: Optional[Tensor], device) -> None:
         """Called from embed_input_ids with the step's multimodal slices: stores the step's per-token data."""
@@ -170,13 +195,19 @@ class RestoreRuntime:
             state.write(meta.slot_mapping[:n], pos[:n], log_size[:n], log_size_first[:n])
             q_table = (flags[:n] & TABLE) != 0
             want = bool(q_table.any())
-            table = self.table(int(pos[:n].max()) + 1, pos.device) if want else None
-            meta.step = StepBias([group_bias(r, state, pos[:n, 0], q_table, want) for r in meta.rows], table)
+            table = self.table(state.max_pos + 1, pos.device) if want else None
+            meta.step = StepBias([group_bias(r, state, pos[:n], q_table, want) for r in meta.rows], table)
 
     def table(self, length: int, device) -> Tensor:
-        if self._table is None or self._table.shape[0] < length or self._table.device != torch.device(device):
+        """The distance table covering distances < length (grown in powers of two): (T,) for 1-D RoPE, the
+        per-axis decay shares (P, T) for M-RoPE (docs/ops.md §4b, §5b)."""
+        if self._table is None or self._table.shape[-1] < length or self._table.device != torch.device(device):
             size = 1 << max(10, (length - 1).bit_length())
-            self._table = restore_ext.distance_bias_table(size, self.inv_freq.to(device))
+            inv_freq = self.inv_freq.to(device)
+            if self.axis_of_freq is None:
+                self._table = restore_ext.distance_bias_table(size, inv_freq)
+            else:
+                self._table = rope_decay_tables(size, inv_freq, self.axis_of_freq.to(device))
         return self._table
 
     def _metadata(self) -> Optional[RestoreAttentionMetadata]:

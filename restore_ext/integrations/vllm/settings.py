@@ -25,12 +25,15 @@ MROPE_SWITCH = {"mrope_section": [1, 1, 1]}
 class RestoreSettings:
     """num_tokens: visual tokens per image after reduction (an image with fewer keeps all of them).
     base: the method that keeps ``round(num_tokens * keep_ratio)`` tokens ("divprune" or "uniform"); the rest are
-    merged into anchors. rule: the anchor rule of the merge ("reference": the authors' code, or "dpc")."""
+    merged into anchors. rule: the anchor rule of the merge ("reference": the authors' code, or "dpc").
+    calibrate: add log(size) and the RoPE distance bias in attention (False: the shortened prompt at its original
+    positions with plain attention, as ``apply_restore(calibrate=False)``)."""
 
     num_tokens: int = 64
     base: str = "divprune"
     keep_ratio: float = 0.5
     rule: str = "reference"
+    calibrate: bool = True
 
     def __post_init__(self):
         def fail(what: str):
@@ -44,6 +47,8 @@ class RestoreSettings:
             fail(f"keep_ratio must lie strictly between 0 and 1, got {self.keep_ratio!r}")
         if self.rule not in RULES:
             fail(f"rule must be one of {RULES}, got {self.rule!r}")
+        if not isinstance(self.calibrate, bool):
+            fail(f"calibrate must be true or false, got {self.calibrate!r}")
         self.kept_and_merged(self.num_tokens)  # the budget itself must hold both kinds
 
     def tokens_for(self, full: int) -> int:
@@ -87,10 +92,11 @@ def settings_of(hf_config) -> Optional[RestoreSettings]:
 
 
 def hf_overrides(num_tokens: int = 64, base: str = "divprune", keep_ratio: float = 0.5,
-                 rule: str = "reference") -> dict:
+                 rule: str = "reference", calibrate: bool = True) -> dict:
     """The ``hf_overrides`` that turn RESTORE on for a supported vLLM model:
     ``LLM(model, hf_overrides=hf_overrides(num_tokens=64))``, or on the command line
     ``vllm serve MODEL --hf-overrides "$(python -c 'import json, restore_ext.integrations.vllm as r;
     print(json.dumps(r.hf_overrides(num_tokens=64)))')"``. Checked here, and again by the model in vLLM."""
-    settings = RestoreSettings(num_tokens=num_tokens, base=base, keep_ratio=keep_ratio, rule=rule)
+    settings = RestoreSettings(num_tokens=num_tokens, base=base, keep_ratio=keep_ratio, rule=rule,
+                               calibrate=calibrate)
     return {CONFIG_KEY: settings.to_dict(), **json.loads(json.dumps(MROPE_SWITCH))}
