@@ -41,6 +41,16 @@ void check_divprune_indices_args(const at::Tensor& x, int64_t k) {
               x.sizes(), "), got k = ", k);
 }
 
+void check_vispruner_matching_args(const at::Tensor& sim, int64_t keep) {
+  TORCH_CHECK(sim.dim() == 3 && sim.size(1) == sim.size(2),
+              "vispruner_matching: sim must be 3-D and square (B, R, R), got shape ", sim.sizes());
+  TORCH_CHECK(sim.scalar_type() == at::kFloat || sim.scalar_type() == at::kDouble,
+              "vispruner_matching: sim must be float32 or float64, got ", sim.scalar_type());
+  const int64_t r = sim.size(1);
+  TORCH_CHECK(keep >= 1 && keep <= r, "vispruner_matching: keep must satisfy 1 <= keep <= R = ", r,
+              " (sim has shape ", sim.sizes(), "), got keep = ", keep);
+}
+
 AnchorRule check_anchor_merge_args(const at::Tensor& x, int64_t num_anchors, c10::string_view rule) {
   TORCH_CHECK(x.dim() == 3, "anchor_merge: x must be 3-D (B, N, D), got ", x.dim(), "-D with shape ", x.sizes());
   TORCH_CHECK(is_float_type(x.scalar_type()), "anchor_merge: x must be float16, bfloat16 or float32, got ",

@@ -14,6 +14,8 @@ void check_topk_indices_args(const at::Tensor& scores, int64_t k);
 
 void check_divprune_indices_args(const at::Tensor& x, int64_t k);
 
+void check_vispruner_matching_args(const at::Tensor& sim, int64_t keep);
+
 AnchorRule check_anchor_merge_args(const at::Tensor& x, int64_t num_anchors, c10::string_view rule);
 
 struct AttentionShape {

@@ -1,4 +1,4 @@
-"""HoloV (Zou et al., NeurIPS 2025) as a batched base selector, as the RESTORE authors run it.
+"""HoloV (Zou et al., NeurIPS 2025) as a batched base selector, as the RESTORE authors run it (docs/ops.md §3d).
 
 ``holov_indices(features, k, cls_attention)`` keeps, per row of ``features`` (B, N, D):
 
@@ -19,8 +19,8 @@ Every ranking breaks ties towards the lower index (the authors' ``topk`` leaves 
 :func:`restore_ext.reference.holov_indices`.
 
 Batched: crops of one size are one view (B, crops, m, D), so the crop scores are one batched matmul per size (at
-most two), and budgets and the in-crop choice are sorts over (B, 16) and (B, 16, m); only the redistribution
-loop runs in Python, a few rounds that each serve the whole batch.
+most two); budgets (the authors' redistribution loop in closed form) and the in-crop choice are sorts over
+(B, 16) and (B, 16, m). No host sync on CUDA.
 """
 from typing import List, Tuple
 
@@ -57,7 +57,8 @@ def crop_scores(features: Tensor, attention: Tensor) -> Tensor:
         sim = cosine_gram("holov_indices", x, EPS)  # f = x / (|x| + 1e-6), f f^T
         sim.diagonal(dim1=-2, dim2=-1).zero_()
         # Row sums and sums of squares accumulated in float64 straight from the Gram matrix (no float64 copy of it,
-        # no (S - mu) matrix): sum_j (S_ij - mu)^2 = sum_j S_ij^2 - 2 mu sum_j S_ij + m mu^2 over all m entries.
+        # no (S - mu) matrix): sum_j (S_ij - mu)^2 = sum_j S_ij^2 - 2 mu sum_j S_ij + m mu^2 over all m columns (the
+        # zeroed diagonal too, as the authors sum it).
         total = sim.sum(dim=-1, dtype=torch.float64)
         squares = torch.linalg.vector_norm(sim, dim=-1, dtype=torch.float64).square()
         mu = total / (m - 1)
@@ -75,21 +76,28 @@ def descending_rank(values: Tensor) -> Tensor:
     return torch.empty_like(order).scatter_(-1, order, ranks)
 
 
-def crop_budgets(scores: Tensor, sizes: Tensor, k: int) -> Tensor:
-    """Tokens per crop, (B, C) int64 summing to k with none above its crop's size."""
+def crop_budgets(scores: Tensor, crop_sizes: List[int], k: int) -> Tensor:
+    """Tokens per crop, (B, C) int64 summing to k with none above its crop's size, as the authors' loop hands
+    them out, in closed form (no loop, no host sync).
+
+    Their loop clamps the budgets to the crop sizes, then, while tokens are missing, gives one more to each of
+    the highest-weight crops with room, at most as many as are missing. As long as at least as many tokens are
+    missing as crops have room, every crop with room gains one: after t such passes the budgets are
+    ``min(c + t, size)`` (c: the first clamped budgets), so t is the largest with ``sum(min(c + t, size)) <= k``;
+    the last pass gives the remaining few to the highest-weight crops with room.
+    """
+    sizes = torch.tensor(crop_sizes, device=scores.device)
     weights = scores / (scores.sum(dim=-1, keepdim=True) + EPS)
     budget = (weights * k).floor().long()
     short = k - budget.sum(dim=-1, keepdim=True)
-    budget = budget + (descending_rank(weights) < short).long()
-    for _ in range(k):  # the authors' bound; each pass hands out at least one token or stops
-        budget = torch.minimum(budget, sizes)
-        room = budget < sizes
-        give = torch.minimum(k - budget.sum(dim=-1, keepdim=True), room.sum(dim=-1, keepdim=True))
-        if not bool((give > 0).any()):
-            break
-        ranked = descending_rank(weights.masked_fill(~room, -torch.inf))
-        budget = budget + (ranked < give).long()
-    return budget
+    budget = torch.minimum(budget + (descending_rank(weights) < short).long(), sizes)
+    passes = torch.arange(max(crop_sizes) + 1, device=sizes.device)
+    filled = torch.minimum(budget[..., None] + passes, sizes[:, None]).sum(dim=1)  # (B, passes): nondecreasing
+    t = (filled <= k).sum(dim=-1, keepdim=True) - 1
+    budget = torch.minimum(budget + t, sizes)
+    room = budget < sizes
+    missing = k - budget.sum(dim=-1, keepdim=True)
+    return budget + (descending_rank(weights.masked_fill(~room, -torch.inf)) < missing).long()
 
 
 def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
@@ -101,11 +109,14 @@ def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
     """
     k = check_scored_inputs("holov_indices", features, k, cls_attention, nonnegative=True)
     b, n, _ = features.shape
+    if features.is_meta:
+        return features.new_empty((b, k), dtype=torch.long)
     dev = features.device
     groups = crop_groups(n)
     longest = groups[0][2]
-    sizes = torch.tensor([m for _, count, m in groups for _ in range(count)], device=dev)
-    budget = crop_budgets(crop_scores(features, cls_attention), sizes, k)
+    crop_sizes = [m for _, count, m in groups for _ in range(count)]
+    sizes = torch.tensor(crop_sizes, device=dev)
+    budget = crop_budgets(crop_scores(features, cls_attention), crop_sizes, k)
     # (C, longest) token index of each crop slot; a shorter crop's last slot is padding and never chosen.
     starts = torch.tensor([s + i * m for s, count, m in groups for i in range(count)], device=dev)
     slot = torch.arange(longest, device=dev)
@@ -115,5 +126,6 @@ def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
     att = att.masked_fill(slot >= sizes[:, None], -torch.inf)
     chosen = descending_rank(att) < budget[..., None]  # (B, C, longest)
     # Crop slots are laid out in token order, so the first k chosen slots in that order are the k tokens, ascending.
-    first = torch.sort(chosen.view(b, -1).to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :k]
+    first = torch.sort(chosen.view(b, chosen.shape[1] * longest).to(torch.uint8), dim=1, descending=True, stable=True)
+    first = first.indices[:, :k]
     return token.view(-1).index_select(0, first.reshape(-1)).view(b, k)

@@ -48,6 +48,21 @@ def divprune_indices(x: Tensor, k: int) -> Tensor:
     return torch.ops.restore.divprune_indices.default(x, k)
 
 
+def vispruner_matching(sim: Tensor, keep: int) -> Tensor:
+    """VisPruner's duplicate-removal rounds on the similarities ``sim`` (B, R, R) of the residual tokens, in
+    their initial order, until ``keep`` remain; returns the surviving rows, (B, keep) int64 ascending.
+
+    Each round: A = even positions, B = odd positions of the current order; each A token's score is its highest
+    similarity to a B token; the ``min(8, excess)`` highest-scoring A tokens are dropped and the next order is
+    the kept A tokens by descending score (ties: earlier position first), then B. ``sim`` float32 or float64,
+    finite; ``1 <= keep <= R``. CPU only (:func:`restore_ext.vispruner.vispruner_indices` runs the same rounds
+    as torch ops on other devices). Contract: docs/ops.md §3c; reference
+    :func:`restore_ext.reference.vispruner_matching`.
+    """
+    check_op_int("vispruner_matching", "keep", keep, lambda: f"1 <= keep <= R{_n_of(sim, 3)}")
+    return torch.ops.restore.vispruner_matching.default(sim, keep)
+
+
 def anchor_merge(x: Tensor, num_anchors: int, rule: str = "reference") -> AnchorMerge:
     """Distinctive anchor merging of each row of ``x`` (B, N, D) into ``num_anchors`` tokens (docs/ops.md §2).
 
@@ -94,6 +109,14 @@ def _divprune_indices_fake(x, k):
     torch._check(1 <= k, lambda: f"divprune_indices: k must be >= 1, got {k}")
     torch._check(k <= x.shape[1], lambda: f"divprune_indices: k must be <= N = {x.shape[1]}, got {k}")
     return x.new_empty((x.shape[0], k), dtype=torch.long)
+
+
+@torch.library.register_fake("restore::vispruner_matching")
+def _vispruner_matching_fake(sim, keep):
+    torch._check(sim.dim() == 3, lambda: f"vispruner_matching: sim must be 3-D (B, R, R), got {sim.dim()}-D")
+    torch._check(1 <= keep, lambda: f"vispruner_matching: keep must be >= 1, got {keep}")
+    torch._check(keep <= sim.shape[1], lambda: f"vispruner_matching: keep must be <= R = {sim.shape[1]}, got {keep}")
+    return sim.new_empty((sim.shape[0], keep), dtype=torch.long)
 
 
 @torch.library.register_fake("restore::anchor_merge")

@@ -245,5 +245,6 @@ from .reference_base_methods import (  # noqa: E402,F401
     holov_indices,
     holov_selection,
     vispruner_indices,
+    vispruner_matching,
     vispruner_selection,
 )

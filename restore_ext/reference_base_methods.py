@@ -1,4 +1,4 @@
-"""Float64 references of the VisPruner and HoloV base selectors (docs/ops.md §3b), following the authors' loops
+"""Float64 references of the VisPruner and HoloV base selectors (docs/ops.md §3c, §3d), following the authors' loops
 one step at a time; re-exported by :mod:`restore_ext.reference`, the executable contract."""
 import math
 from typing import NamedTuple
@@ -145,3 +145,26 @@ def holov_selection(features: Tensor, k: int, cls_attention: Tensor) -> HoloVRef
 def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
     """The contract of :func:`restore_ext.holov.holov_indices`: HoloV's k tokens, ascending."""
     return holov_selection(features, k, cls_attention).indices
+
+
+def vispruner_matching(sim: Tensor, keep: int) -> Tensor:
+    """The contract of ``torch.ops.restore.vispruner_matching``: VisPruner's duplicate-removal rounds run on given
+    similarities ``sim`` (B, R, R), residual tokens in their initial order (rows 0 .. R-1), until ``keep`` remain.
+
+    The rounds of :func:`vispruner_selection` with ``sim`` in place of the per-round matmul: A = even positions,
+    B = odd positions, score = max over B of ``sim[a, b]``, the ``min(8, excess)`` highest-scoring A dropped (all
+    of A if fewer), next order = kept A by descending score (ties: earlier position first), then B. Returns the
+    ``keep`` surviving rows, (B, keep) int64 ascending. ``sim`` must be finite.
+    """
+    b, r0, _ = sim.shape
+    s = sim.double()
+    rows = []
+    for row in range(b):
+        residual = list(range(r0))
+        while len(residual) > keep:
+            r = min(8, len(residual) - keep)
+            a, bb = residual[0::2], residual[1::2]
+            ranked = _descending(s[row][a][:, bb].amax(dim=1))
+            residual = [a[i] for i in ranked[r:]] + bb
+        rows.append(sorted(residual))
+    return torch.tensor(rows, dtype=torch.long, device=sim.device).view(b, keep)

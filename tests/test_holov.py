@@ -90,7 +90,7 @@ def test_crop_layout_and_budgets():
     assert crop_groups(2885) == [(0, 5, 181), (905, 11, 180)]
     assert crop_groups(5) == [(0, 5, 1)]
     sizes = torch.tensor([3, 3, 2])
-    budget = crop_budgets(torch.tensor([[10.0, 1.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64), sizes, 7)
+    budget = crop_budgets(torch.tensor([[10.0, 1.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64), [3, 3, 2], 7)
     # row 0: floor [5, 0, 0], shortfall to crops 0, 1 -> [6, 1, 0], clamp [3, 1, 0], +1 to 1 and 2, +1 to 1
     # row 1: all weights 0: +1 each (shortfall), +1 each, then +1 to crop 0 (ties to the lower index)
     assert budget.tolist() == [[3, 3, 1], [3, 2, 2]]
@@ -132,3 +132,13 @@ def test_select_and_reduce_with_base_holov(device):
     assert all(torch.equal(g, w) for g, w in zip(got, want))
     with pytest.raises(ValueError, match='base="holov" needs scores'):
         restore_ext.reduce(x, 40, base="holov")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_features_near_the_float32_limits(device):
+    # Squares of 1e25 overflow float32 and those of 1e-25 underflow: the rows are pre-scaled, the result is still
+    # the reference's (HoloV's 1e-6 in |x| + 1e-6 makes tiny features score as near-zero similarities, as theirs).
+    x, att = random_inputs(2, 100, 8, seed=4)
+    for scale in (1e25, 1e-25):
+        got = holov_indices((x * scale).to(device), 20, att.to(device))
+        assert torch.equal(got.cpu(), reference.holov_indices((x * scale).double(), 20, att))

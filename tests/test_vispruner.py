@@ -4,7 +4,8 @@ import torch
 
 import restore_ext
 from restore_ext import reference
-from restore_ext.vispruner import vispruner_indices, vispruner_rounds
+from restore_ext import ops
+from restore_ext.vispruner import matching_rounds, vispruner_indices, vispruner_rounds
 
 from conftest import DEVICES, DTYPES
 from scored_selector_check import (
@@ -70,14 +71,57 @@ def test_rows_are_independent(device):
         assert torch.equal(got[row : row + 1], alone)
 
 
+def random_sims(b, r, seed, dtype=torch.float64, ties=False):
+    g = torch.Generator().manual_seed(seed)
+    if ties:  # a few values only: every comparison in every round is likely a tie
+        return (torch.randint(0, 4, (b, r, r), generator=g).to(dtype) / 4)
+    return (2 * torch.rand(b, r, r, generator=g, dtype=torch.float64) - 1).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ties", [False, True])
+def test_matching_op_equals_reference(dtype, ties):
+    cases = [(1, 1, 1), (2, 2, 1), (3, 15, 2), (2, 31, 7), (1, 100, 1), (4, 140, 50), (2, 600, 16), (1, 9, 9)]
+    for b, r, keep in cases:
+        sim = random_sims(b, r, seed=r + keep, dtype=dtype, ties=ties)
+        got = ops.vispruner_matching(sim, keep)
+        assert torch.equal(got, reference.vispruner_matching(sim, keep)), (b, r, keep)
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_large_frames_use_the_neighbour_lists_and_compaction(device):
-    # N = 1000 runs ~120 rounds, compacts the frame three times, and at D = 3 many top lists hold no B token.
-    for d in (3, 24):
-        x, att = random_inputs(2, 1000, d, seed=d, dtype=torch.float64, kind="clustered")
-        got = vispruner_indices(x.to(device), 40, att.to(device))
-        want = reference.vispruner_selection(x, 40, att)
-        assert assert_matches(got, want.indices, want.margin, tol=1e-12) == 2
+@pytest.mark.parametrize("ties", [False, True])
+def test_matching_composite_equals_reference(device, ties):
+    # The torch-op rounds (what runs off the CPU): direct A x B blocks, top lists, frame compaction.
+    for b, r, keep in [(2, 15, 2), (2, 31, 7), (3, 300, 20), (1, 900, 40)]:
+        sim = random_sims(b, r, seed=r, ties=ties)
+        got = matching_rounds(sim.to(device), keep).sort(dim=1).values.cpu()
+        assert torch.equal(got, reference.vispruner_matching(sim, keep)), (b, r, keep)
+
+
+def test_matching_composite_reads_full_rows_when_top_lists_miss():
+    # Clustered tokens at D = 3: many rows' 16 nearest are all A tokens, so the full-row fallback runs.
+    x, _ = random_inputs(2, 1000, 3, seed=3, dtype=torch.float64, kind="clustered")
+    sim = x @ x.transpose(1, 2) / (x.norm(dim=-1)[:, :, None] * x.norm(dim=-1)[:, None, :])
+    got = matching_rounds(sim, 40).sort(dim=1).values
+    assert torch.equal(got, reference.vispruner_matching(sim, 40))
+
+
+def test_matching_op_checks_and_compiles():
+    sim = random_sims(2, 20, seed=1, dtype=torch.float32)
+    torch.library.opcheck(torch.ops.restore.vispruner_matching.default, (sim, 5))
+    compiled = torch.compile(lambda s: ops.vispruner_matching(s, 5), fullgraph=True)
+    assert torch.equal(compiled(sim), ops.vispruner_matching(sim, 5))
+    for bad, word in [(sim[:, :, :19], "square"), (sim.half(), "float32 or float64"), (sim[0], "3-D")]:
+        with pytest.raises(RuntimeError, match=f"vispruner_matching: sim must .*{word}"):
+            ops.vispruner_matching(bad, 5)
+    for keep in (0, 21):
+        with pytest.raises(RuntimeError, match="vispruner_matching: keep must satisfy 1 <= keep <= R = 20"):
+            ops.vispruner_matching(sim, keep)
+    for value in (float("nan"), float("inf")):
+        poisoned = sim.clone()
+        poisoned[1, 3, 7] = value
+        with pytest.raises(RuntimeError, match="vispruner_matching: sim must be finite"):
+            ops.vispruner_matching(poisoned, 5)
 
 
 @pytest.mark.parametrize("device", DEVICES)

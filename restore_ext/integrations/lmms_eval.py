@@ -13,7 +13,8 @@ settings come in ``--model_args`` beside the class's own:
 
 - ``num_tokens`` (visual tokens per image after reduction) or ``ratio`` (K = round(ratio * N) per image;
   for models with dynamic resolution, once apply_restore supports them), at most one of the two;
-- ``base`` (``divprune`` / ``uniform``), ``keep_ratio`` (share kept by the base method; ``keep_ratio=1.0,
+- ``base`` (``divprune`` / ``uniform``; for LLaVA models also the paper's ``vispruner`` / ``holov`` and ``cls``,
+  which rank by the vision tower's [CLS] attention), ``keep_ratio`` (share kept by the base method; ``keep_ratio=1.0,
   calibrate=False`` is the base method alone), ``rule`` (``reference`` / ``dpc``), ``calibrate``,
   ``decode_distance_bias``.
 
