@@ -95,28 +95,28 @@ def calibrated_attention(
     return torch.ops.restore.calibrated_attention.default(q, k, v, log_size, q_pos, k_pos, table, causal, scale)
 
 
+def _index_selection_fake(op, t_name, t, shape_text, k_name, k, n_text):
+    """The fake of an op that picks ``k`` of the ``t.shape[1]`` rows of ``t`` per batch row: (B, k) int64."""
+    dims = shape_text.count(",") + 1
+    torch._check(t.dim() == dims, lambda: f"{op}: {t_name} must be {dims}-D {shape_text}, got {t.dim()}-D")
+    torch._check(1 <= k, lambda: f"{op}: {k_name} must be >= 1, got {k}")
+    torch._check(k <= t.shape[1], lambda: f"{op}: {k_name} must be <= {n_text} = {t.shape[1]}, got {k}")
+    return t.new_empty((t.shape[0], k), dtype=torch.long)
+
+
 @torch.library.register_fake("restore::topk_indices")
 def _topk_indices_fake(scores, k):
-    torch._check(scores.dim() == 2, lambda: f"topk_indices: scores must be 2-D (B, N), got {scores.dim()}-D")
-    torch._check(1 <= k, lambda: f"topk_indices: k must be >= 1, got {k}")
-    torch._check(k <= scores.shape[1], lambda: f"topk_indices: k must be <= N = {scores.shape[1]}, got {k}")
-    return scores.new_empty((scores.shape[0], k), dtype=torch.long)
+    return _index_selection_fake("topk_indices", "scores", scores, "(B, N)", "k", k, "N")
 
 
 @torch.library.register_fake("restore::divprune_indices")
 def _divprune_indices_fake(x, k):
-    torch._check(x.dim() == 3, lambda: f"divprune_indices: x must be 3-D (B, N, D), got {x.dim()}-D")
-    torch._check(1 <= k, lambda: f"divprune_indices: k must be >= 1, got {k}")
-    torch._check(k <= x.shape[1], lambda: f"divprune_indices: k must be <= N = {x.shape[1]}, got {k}")
-    return x.new_empty((x.shape[0], k), dtype=torch.long)
+    return _index_selection_fake("divprune_indices", "x", x, "(B, N, D)", "k", k, "N")
 
 
 @torch.library.register_fake("restore::vispruner_matching")
 def _vispruner_matching_fake(sim, keep):
-    torch._check(sim.dim() == 3, lambda: f"vispruner_matching: sim must be 3-D (B, R, R), got {sim.dim()}-D")
-    torch._check(1 <= keep, lambda: f"vispruner_matching: keep must be >= 1, got {keep}")
-    torch._check(keep <= sim.shape[1], lambda: f"vispruner_matching: keep must be <= R = {sim.shape[1]}, got {keep}")
-    return sim.new_empty((sim.shape[0], keep), dtype=torch.long)
+    return _index_selection_fake("vispruner_matching", "sim", sim, "(B, R, R)", "keep", keep, "R")
 
 
 @torch.library.register_fake("restore::anchor_merge")
