@@ -2,7 +2,8 @@
 of torch are present, even with no GPU (as flash-attn and xformers do).
 
 Environment:
-  TORCH_CUDA_ARCH_LIST     CUDA archs to compile (default "8.0;9.0" when no GPU is visible)
+  TORCH_CUDA_ARCH_LIST     CUDA archs to compile (default "8.0;9.0+PTX" when no GPU is visible: the wheel's
+                           list, so `make wheel` after `make build` reuses the compiled objects)
   MAX_JOBS                 parallel compile jobs (read by torch's ninja build)
   RESTORE_EXT_CPU_ONLY=1   skip the CUDA kernels
   RESTORE_EXT_REQUIRE_CUDA=1  fail instead of building CPU-only when CUDA cannot be built (CI uses it)
@@ -100,7 +101,7 @@ if not prebuilt:
     print(f"restore_ext: building {'CPU + CUDA' if with_cuda else 'CPU-only'} kernels ({why})", file=sys.stderr)
 
 if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-    os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
 cuda_archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "native") if with_cuda else ""
 
 sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))

@@ -8,6 +8,8 @@
 - restore_reduce     vs the same composite built on the authors' anchor merge;
 - divprune_indices   vs the authors' loop (a full distance matrix, then per step torch ops over the picks);
 - vispruner_indices, holov_indices vs the RESTORE authors' loops (benchmarks/authors_selectors.py), N <= 2880;
+                       holov_indices also vs `crop_gram_floor`, its crops' Gram matmuls alone: not a peer but the
+                       work every exact HoloV shares, so its ratio says how close to that floor ours is;
 - topk_indices       vs torch.topk + sort.
 """
 import math
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 import restore_ext
 from authors_selectors import authors_holov, authors_vispruner
 from common import Case
-from restore_ext.holov import holov_indices
+from restore_ext.holov import crop_groups, holov_indices
 from restore_ext.vispruner import vispruner_indices
 
 
@@ -86,6 +88,13 @@ def authors_divprune(x, k):
             picks[i] = scores.argmax()
         out.append(picks.sort().values)
     return torch.stack(out)
+
+
+def crop_gram_floor(x):
+    """The (B, crops, m, m) Gram matmuls of HoloV's crops, nothing else: each crop score needs all of them."""
+    b, n, d = x.shape
+    crops = [x[:, s : s + c * m].reshape(b, c, m, d) for s, c, m in crop_groups(n)]
+    return [v @ v.transpose(-1, -2) for v in crops]
 
 
 def authors_restore_reduce(features, retained, num_out):
@@ -163,7 +172,8 @@ def cases(quick, device):
                          lambda t=t, r=r: authors_vispruner(t.x, r, t.att)))),
                 Case("holov_indices", f"B{b} N{n} D{d} k{r}", dt, device,
                      ours=lambda t=t, r=r: holov_indices(t.x, r, t.att),
-                     peers={"authors_loop": lambda t=t, r=r: authors_holov(t.x, r, t.att)}),
+                     peers={"authors_loop": lambda t=t, r=r: authors_holov(t.x, r, t.att),
+                            "crop_gram_floor": lambda t=t: crop_gram_floor(t.x)}),
             ]
         out_cases += [
             Case("topk_indices", f"B{b} N{n} k{r}", "float32", device,
