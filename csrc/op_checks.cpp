@@ -51,6 +51,16 @@ void check_vispruner_matching_args(const at::Tensor& sim, int64_t keep) {
               " (sim has shape ", sim.sizes(), "), got keep = ", keep);
 }
 
+void check_holov_crop_variance_args(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, "holov_crop_variance: x must be 4-D (B, C, m, D): C crops of m tokens, got ",
+              x.dim(), "-D with shape ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "holov_crop_variance: x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.size(2) >= 2, "holov_crop_variance: each crop needs m >= 2 tokens (a token's variance is over ",
+              "the other m - 1), got shape ", x.sizes());
+  TORCH_CHECK(x.size(3) >= 1, "holov_crop_variance: x must have a feature dim D >= 1, got shape ", x.sizes());
+}
+
 AnchorRule check_anchor_merge_args(const at::Tensor& x, int64_t num_anchors, c10::string_view rule) {
   TORCH_CHECK(x.dim() == 3, "anchor_merge: x must be 3-D (B, N, D), got ", x.dim(), "-D with shape ", x.sizes());
   TORCH_CHECK(is_float_type(x.scalar_type()), "anchor_merge: x must be float16, bfloat16 or float32, got ",

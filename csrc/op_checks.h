@@ -16,6 +16,8 @@ void check_divprune_indices_args(const at::Tensor& x, int64_t k);
 
 void check_vispruner_matching_args(const at::Tensor& sim, int64_t keep);
 
+void check_holov_crop_variance_args(const at::Tensor& x);
+
 AnchorRule check_anchor_merge_args(const at::Tensor& x, int64_t num_anchors, c10::string_view rule);
 
 struct AttentionShape {

@@ -6,6 +6,7 @@ TORCH_LIBRARY(restore, m) {
   m.def("topk_indices(Tensor scores, SymInt k) -> Tensor");
   m.def("divprune_indices(Tensor x, SymInt k) -> Tensor");
   m.def("vispruner_matching(Tensor sim, SymInt keep) -> Tensor");
+  m.def("holov_crop_variance(Tensor x) -> Tensor");
   m.def(
       "anchor_merge(Tensor x, SymInt num_anchors, str rule=\"reference\") -> "
       "(Tensor merged, Tensor size, Tensor assign, Tensor anchors)");

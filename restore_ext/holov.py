@@ -18,16 +18,18 @@ Every ranking breaks ties towards the lower index (the authors' ``topk`` leaves 
 (B, k) int64, ascending. The float64 form that follows the authors' loops is
 :func:`restore_ext.reference.holov_indices`.
 
-Batched: crops of one size are one view (B, crops, m, D), so the crop scores are one batched matmul per size (at
-most two); budgets (the authors' redistribution loop in closed form) and the in-crop choice are sorts over
-(B, 16) and (B, 16, m). No host sync on CUDA.
+Batched: crops of one size are one view (B, crops, m, D), so the crop scores are one call per size (at most two):
+on the CPU the compiled op ``restore::holov_crop_variance`` (crops in parallel, each one BLAS call reduced in
+cache), elsewhere one batched matmul and float64 reductions. Budgets (the authors' redistribution loop in closed
+form) and the in-crop choice are sorts over (B, 16) and (B, 16, m). No host sync on CUDA.
 """
 from typing import List, Tuple
 
 import torch
 from torch import Tensor
 
-from ._scored_inputs import check_scored_inputs, cosine_gram
+from . import ops
+from ._scored_inputs import check_scored_inputs, compute_dtype, cosine_gram
 
 NUM_CROPS = 16
 ALPHA = 0.09  # weight of the similarity variance in a token's score
@@ -44,6 +46,35 @@ def crop_groups(n: int) -> List[Tuple[int, int, int]]:
     return groups
 
 
+def crop_variance(x: Tensor) -> Tensor:
+    """Each crop's mean similarity variance V, (B, C) float64, for crops ``x`` (B, C, m, D) of m >= 2 tokens: the
+    compiled op on the CPU (each crop's m x m matrix reduced while in cache), torch ops elsewhere."""
+    x = x.to(compute_dtype(x))
+    if x.device.type != "cpu":
+        return crop_variance_torch(x)
+    try:
+        return ops.holov_crop_variance(x)
+    except RuntimeError as e:  # the op's only value check; say it as every other entry point of holov does
+        if "must be finite" not in str(e):
+            raise
+    raise ValueError("holov_indices: features must be finite, got NaN or inf")
+
+
+def crop_variance_torch(x: Tensor) -> Tensor:
+    """:func:`crop_variance` as torch ops on any device, without a host sync on CUDA."""
+    m = x.shape[2]
+    sim = cosine_gram("holov_indices", x, EPS)  # f = x / (|x| + 1e-6), f f^T
+    sim.diagonal(dim1=-2, dim2=-1).zero_()
+    # Row sums and sums of squares accumulated in float64 straight from the Gram matrix (no float64 copy of it,
+    # no (S - mu) matrix): sum_j (S_ij - mu)^2 = sum_j S_ij^2 - 2 mu sum_j S_ij + m mu^2 over all m columns (the
+    # zeroed diagonal too, as the authors sum it).
+    total = sim.sum(dim=-1, dtype=torch.float64)
+    squares = torch.linalg.vector_norm(sim, dim=-1, dtype=torch.float64).square()
+    mu = total / (m - 1)
+    var = (squares - 2 * mu * total + m * mu.square()).clamp_min(0) / (m - 1)
+    return var.mean(dim=-1)
+
+
 def crop_scores(features: Tensor, attention: Tensor) -> Tensor:
     """HoloV's score of every crop, (B, C) float64."""
     b, n, d = features.shape
@@ -53,19 +84,10 @@ def crop_scores(features: Tensor, attention: Tensor) -> Tensor:
         if m == 1:
             scores.append(att[..., 0])
             continue
-        x = features[:, start : start + count * m].reshape(b, count, m, d)
-        sim = cosine_gram("holov_indices", x, EPS)  # f = x / (|x| + 1e-6), f f^T
-        sim.diagonal(dim1=-2, dim2=-1).zero_()
-        # Row sums and sums of squares accumulated in float64 straight from the Gram matrix (no float64 copy of it,
-        # no (S - mu) matrix): sum_j (S_ij - mu)^2 = sum_j S_ij^2 - 2 mu sum_j S_ij + m mu^2 over all m columns (the
-        # zeroed diagonal too, as the authors sum it).
-        total = sim.sum(dim=-1, dtype=torch.float64)
-        squares = torch.linalg.vector_norm(sim, dim=-1, dtype=torch.float64).square()
-        mu = total / (m - 1)
-        var = (squares - 2 * mu * total + m * mu.square()).clamp_min(0) / (m - 1)
-        att = att * ATTENTION_SCALE
-        scale = att.abs().mean(dim=-1, keepdim=True) / (var.abs().mean(dim=-1, keepdim=True) + EPS)
-        scores.append((att + ALPHA * var * scale).mean(dim=-1))
+        v = crop_variance(features[:, start : start + count * m].reshape(b, count, m, d))
+        # With a >= 0 and var >= 0, the mean of the token scores 1e3 a + 0.09 var mean|1e3 a| / (mean|var| + 1e-6)
+        # is 1e3 mean(a) (1 + 0.09 V / (V + 1e-6)), V the crop's mean variance.
+        scores.append(ATTENTION_SCALE * att.mean(dim=-1) * (1 + ALPHA * v / (v + EPS)))
     return torch.cat(scores, dim=1)
 
 

@@ -63,6 +63,19 @@ def vispruner_matching(sim: Tensor, keep: int) -> Tensor:
     return torch.ops.restore.vispruner_matching.default(sim, keep)
 
 
+def holov_crop_variance(x: Tensor) -> Tensor:
+    """HoloV's similarity statistic of each crop: for crops ``x`` (B, C, m, D) of m >= 2 tokens, (B, C) float64,
+    the mean over a crop's tokens of the variance of their cosine similarities to its tokens (the diagonal read
+    as 0, as the authors sum it). The only step of HoloV's crop score that needs the crop's m x m matrix: the
+    score is ``1e3 mean(a) (1 + 0.09 V / (V + 1e-6))`` for attention ``a >= 0``.
+
+    ``x`` float32 or float64 (similarities in that dtype, sums in float64), finite. CPU only
+    (:func:`restore_ext.holov.holov_indices` computes the same with torch ops on other devices). Contract:
+    docs/ops.md §3d; reference :func:`restore_ext.reference.holov_crop_variance`.
+    """
+    return torch.ops.restore.holov_crop_variance.default(x)
+
+
 def anchor_merge(x: Tensor, num_anchors: int, rule: str = "reference") -> AnchorMerge:
     """Distinctive anchor merging of each row of ``x`` (B, N, D) into ``num_anchors`` tokens (docs/ops.md §2).
 
@@ -117,6 +130,13 @@ def _divprune_indices_fake(x, k):
 @torch.library.register_fake("restore::vispruner_matching")
 def _vispruner_matching_fake(sim, keep):
     return _index_selection_fake("vispruner_matching", "sim", sim, "(B, R, R)", "keep", keep, "R")
+
+
+@torch.library.register_fake("restore::holov_crop_variance")
+def _holov_crop_variance_fake(x):
+    torch._check(x.dim() == 4, lambda: f"holov_crop_variance: x must be 4-D (B, C, m, D), got {x.dim()}-D")
+    torch._check(x.shape[2] >= 2, lambda: f"holov_crop_variance: each crop needs m >= 2 tokens, got {x.shape[2]}")
+    return x.new_empty(x.shape[:2], dtype=torch.float64)
 
 
 @torch.library.register_fake("restore::anchor_merge")

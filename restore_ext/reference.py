@@ -242,6 +242,7 @@ def rope_decay_tables(max_distance: int, inv_freq: Tensor, axis_of_freq) -> Tens
 from .reference_base_methods import (  # noqa: E402,F401
     HoloVRef,
     VisPrunerRef,
+    holov_crop_variance,
     holov_indices,
     holov_selection,
     vispruner_indices,

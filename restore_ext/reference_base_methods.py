@@ -147,6 +147,21 @@ def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
     return holov_selection(features, k, cls_attention).indices
 
 
+def holov_crop_variance(x: Tensor) -> Tensor:
+    """The contract of ``torch.ops.restore.holov_crop_variance``: for crops ``x`` (B, C, m, D) of m >= 2 tokens,
+    (B, C) float64, each crop's mean over its tokens of the variance of their cosine similarities, the step of
+    :func:`holov_selection` that needs the m x m matrix: ``f = x / (||x|| + 1e-6)``, ``S = f f^T`` with a zeroed
+    diagonal, ``mu = S.sum(1) / (m - 1)``, ``var = ((S - mu)^2).sum(1) / (m - 1)`` (over all m columns, the
+    zeroed diagonal included, as the authors sum it), result ``var.mean()``. ``x`` must be finite.
+    """
+    f = x.double()
+    f = f / (torch.linalg.vector_norm(f, dim=-1, keepdim=True) + 1e-6)
+    m = x.shape[2]
+    s = (f @ f.transpose(-1, -2)) * (1 - torch.eye(m, dtype=torch.float64, device=x.device))
+    mu = s.sum(dim=-1, keepdim=True) / (m - 1)
+    return ((s - mu) ** 2).sum(dim=-1).div(m - 1).mean(dim=-1)
+
+
 def vispruner_matching(sim: Tensor, keep: int) -> Tensor:
     """The contract of ``torch.ops.restore.vispruner_matching``: VisPruner's duplicate-removal rounds run on given
     similarities ``sim`` (B, R, R), residual tokens in their initial order (rows 0 .. R-1), until ``keep`` remain.

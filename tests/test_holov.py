@@ -4,7 +4,8 @@ import torch
 
 import restore_ext
 from restore_ext import reference
-from restore_ext.holov import crop_budgets, crop_groups, holov_indices
+from restore_ext import ops
+from restore_ext.holov import crop_budgets, crop_groups, crop_variance_torch, holov_indices
 
 from conftest import DEVICES, DTYPES
 from scored_selector_check import (
@@ -113,6 +114,58 @@ def test_reference_follows_the_authors_loop():
                        (1, 10, 4, 3), (1, 2880, 8, 96)]:
         x, att = random_inputs(b, n, d, seed=k, dtype=torch.float64)
         assert torch.equal(reference.holov_indices(x, k, att), authors(x, k, att))
+
+
+CROP_SHAPES = [(1, 1, 2, 1), (2, 3, 5, 4), (3, 16, 36, 64), (2, 5, 181, 17), (1, 2, 9, 300)]  # (B, C, m, D)
+
+
+def crops_of_every_kind(b, c, m, d, dtype, seed):
+    """Random crops, plus one with a zero token, one of identical tokens, one of tiny and one of huge norms (the
+    op's pre-normalised path) where the shape has room."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, m, d, generator=g, dtype=torch.float64)
+    if c >= 3:
+        x[0, 0, 0] = 0
+        x[0, 1] = x[0, 1, :1]
+        x[-1, 2] *= 1e-20 if m % 2 else 1e20
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_crop_variance_op_equals_reference(dtype):
+    tol = dict(rtol=1e-12, atol=1e-15) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-7)
+    for seed, shape in enumerate(CROP_SHAPES):
+        x = crops_of_every_kind(*shape, dtype, seed)
+        want = reference.holov_crop_variance(x)
+        torch.testing.assert_close(ops.holov_crop_variance(x), want, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_crop_variance_torch_ops_equal_reference(device, dtype):
+    # What holov_indices runs off the CPU.
+    tol = dict(rtol=1e-12, atol=1e-15) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-7)
+    for seed, shape in enumerate(CROP_SHAPES):
+        x = crops_of_every_kind(*shape, dtype, seed)
+        got = crop_variance_torch(x.to(device)).cpu()
+        torch.testing.assert_close(got, reference.holov_crop_variance(x), **tol)
+
+
+def test_crop_variance_op_checks_and_compiles():
+    x = torch.randn(2, 3, 6, 5)
+    torch.library.opcheck(torch.ops.restore.holov_crop_variance.default, (x,))
+    compiled = torch.compile(ops.holov_crop_variance, fullgraph=True)
+    assert torch.equal(compiled(x), ops.holov_crop_variance(x))
+    assert ops.holov_crop_variance(x[:0]).shape == (0, 3)
+    for bad, words in [(x[0], "4-D"), (x.half(), "float32 or float64"), (x[:, :, :1], "m >= 2"),
+                       (x[..., :0], "D >= 1")]:
+        with pytest.raises(RuntimeError, match=f"holov_crop_variance: .*{words}"):
+            ops.holov_crop_variance(bad)
+    for value in (float("nan"), float("inf")):
+        poisoned = x.clone()
+        poisoned[1, 2, 3, 4] = value
+        with pytest.raises(RuntimeError, match="holov_crop_variance: x must be finite"):
+            ops.holov_crop_variance(poisoned)
 
 
 def test_bad_inputs_are_refused_clearly():
