@@ -2,7 +2,8 @@
 logprobs within 1e-5) with 1 and 2 images per prompt, plain attention (calibrate=False) and calibrated (log(size)
 + the per-axis distance bias: calibrated_attention with (B, L, 3) positions, docs/ops.md §5b); a text-only request
 batched with image requests equals plain vLLM; a KV cache small enough to force preemption (recomputed chunks that
-mix prompt and generated tokens) gives the same tokens. Engines are shared across tests (few startups)."""
+mix prompt and generated tokens) gives the same tokens; so do a second call served from the prefix cache and
+tensor parallel 2. Engines are shared across tests (few startups)."""
 import pytest
 
 from conftest import NUM_TOKENS, assert_same_generation, restore_overrides, run_engine
@@ -97,3 +98,25 @@ def test_calibrated_chunked_prefill_and_preemption_give_the_same_tokens(tiny_qwe
     for i, prompt in enumerate(order):
         if prompt < 2:
             assert_same_generation(res["calls"][0][i], want[prompt])
+
+
+def test_calibrated_prefix_caching_second_call_hits_the_cache_and_matches(tiny_qwen, hf_calibrated):
+    """The second call's image prompts reuse cached KV blocks: the reduced tokens' cached keys were written with
+    their original (t, h, w) positions, and the new suffix's queries must see the same bias as the first call."""
+    res = run_engine({"model": tiny_qwen, "family": FAMILY, "max_tokens": MAX_TOKENS, "calls": 2,
+                      "engine": {"hf_overrides": restore_overrides(), "enable_prefix_caching": True,
+                                 "block_size": 16}})
+    assert res["prefix_cache_hits"] > 0
+    for call in res["calls"]:
+        for prompt in (0, 1):
+            assert_same_generation(call[prompt], hf_calibrated[prompt])
+
+
+def test_calibrated_tensor_parallel_2_matches(tiny_qwen, hf_calibrated):
+    # each rank holds half the heads: the per-key log sizes and the per-axis tables are per token, not per head
+    res = run_engine({"model": tiny_qwen, "family": FAMILY, "max_tokens": MAX_TOKENS,
+                      "engine": {"hf_overrides": restore_overrides(), "tensor_parallel_size": 2,
+                                 "distributed_executor_backend": "mp"}},
+                     env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+    for prompt in (0, 1):
+        assert_same_generation(res["calls"][0][prompt], hf_calibrated[prompt])
