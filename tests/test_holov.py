@@ -138,6 +138,12 @@ def test_crop_variance_op_equals_reference(dtype):
         x = crops_of_every_kind(*shape, dtype, seed)
         want = reference.holov_crop_variance(x)
         torch.testing.assert_close(ops.holov_crop_variance(x), want, **tol)
+        # a crop group's view of the features (batch stride over every crop), and crops that are not packed rows
+        wide = torch.cat([x, x], dim=1)[:, shape[1]:]
+        torch.testing.assert_close(ops.holov_crop_variance(wide), want, **tol)
+        torch.testing.assert_close(ops.holov_crop_variance(x.transpose(0, 1).contiguous().transpose(0, 1)), want,
+                                   **tol)
+        torch.testing.assert_close(ops.holov_crop_variance(x.mT.contiguous().mT), want, **tol)
 
 
 @pytest.mark.parametrize("device", DEVICES)

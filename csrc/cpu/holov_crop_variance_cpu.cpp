@@ -120,7 +120,11 @@ at::Tensor holov_crop_variance_cpu(const at::Tensor& x) {
   check_holov_crop_variance_args(x);
   const int64_t batch = x.size(0), crops = x.size(1), m = x.size(2), d = x.size(3);
   at::Tensor out = at::empty({batch, crops}, x.options().dtype(at::kDouble));
-  const at::Tensor src = x.contiguous();
+  // holov_indices passes each crop length's tokens as a view of the features: rows packed, but the batch stride
+  // spans every crop when N % 16 != 0. Use those strides rather than copying the features.
+  const bool packed = (d == 1 || x.stride(3) == 1) && x.stride(2) == d;
+  const at::Tensor src = packed ? x : x.contiguous();
+  const int64_t batch_stride = src.stride(0), crop_stride = src.stride(1);
   std::atomic<bool> finite{true};
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "holov_crop_variance_cpu", [&] {
     const scalar_t* xs = src.const_data_ptr<scalar_t>();
@@ -130,7 +134,7 @@ at::Tensor holov_crop_variance_cpu(const at::Tensor& x) {
       std::vector<scalar_t> f, gram(m * m);  // f: normalised rows, only for crops that need them
       std::vector<double> inv(m);
       for (int64_t c = c0; c < c1; ++c) {
-        const scalar_t* crop = xs + c * m * d;
+        const scalar_t* crop = xs + (c / crops) * batch_stride + (c % crops) * crop_stride;
         // The product of the raw rows, scaled to cosines in the reduction, when every norm (read off the
         // diagonal) is far from the float range's ends; otherwise, or for a zero, NaN or inf row, the rows
         // are normalised first.
