@@ -61,6 +61,23 @@ void check_holov_crop_variance_args(const at::Tensor& x) {
   TORCH_CHECK(x.size(3) >= 1, "holov_crop_variance: x must have a feature dim D >= 1, got shape ", x.sizes());
 }
 
+void check_holov_indices_args(const at::Tensor& features, int64_t k, const at::Tensor& cls_attention) {
+  constexpr const char* op = "holov_indices";
+  TORCH_CHECK(features.dim() == 3, op, ": features must be 3-D (B, N, D), got ", features.dim(), "-D with shape ",
+              features.sizes());
+  TORCH_CHECK(features.scalar_type() == at::kFloat || features.scalar_type() == at::kDouble, op,
+              ": features must be float32 or float64, got ", features.scalar_type());
+  TORCH_CHECK(features.size(2) >= 1, op, ": features must have a feature dim D >= 1, got shape ", features.sizes());
+  const int64_t b = features.size(0), n = features.size(1);
+  TORCH_CHECK(k >= 1 && k <= n, op, ": k must satisfy 1 <= k <= N = ", n, " (features has shape ",
+              features.sizes(), "), got k = ", k);
+  TORCH_CHECK(cls_attention.dim() == 2 && cls_attention.size(0) == b && cls_attention.size(1) == n, op,
+              ": cls_attention must have shape (B, N) = (", b, ", ", n, "), got ", cls_attention.sizes());
+  TORCH_CHECK(is_float_type(cls_attention.scalar_type()) || cls_attention.scalar_type() == at::kDouble, op,
+              ": cls_attention must be float16, bfloat16, float32 or float64, got ", cls_attention.scalar_type());
+  check_same_device(op, "cls_attention", cls_attention, features, "features");
+}
+
 AnchorRule check_anchor_merge_args(const at::Tensor& x, int64_t num_anchors, c10::string_view rule) {
   TORCH_CHECK(x.dim() == 3, "anchor_merge: x must be 3-D (B, N, D), got ", x.dim(), "-D with shape ", x.sizes());
   TORCH_CHECK(is_float_type(x.scalar_type()), "anchor_merge: x must be float16, bfloat16 or float32, got ",

@@ -18,6 +18,8 @@ void check_vispruner_matching_args(const at::Tensor& sim, int64_t keep);
 
 void check_holov_crop_variance_args(const at::Tensor& x);
 
+void check_holov_indices_args(const at::Tensor& features, int64_t k, const at::Tensor& cls_attention);
+
 AnchorRule check_anchor_merge_args(const at::Tensor& x, int64_t num_anchors, c10::string_view rule);
 
 struct AttentionShape {

@@ -18,10 +18,12 @@ Every ranking breaks ties towards the lower index (the authors' ``topk`` leaves 
 (B, k) int64, ascending. The float64 form that follows the authors' loops is
 :func:`restore_ext.reference.holov_indices`.
 
-Batched: crops of one size are one view (B, crops, m, D), so the crop scores are one call per size (at most two):
-on the CPU the compiled op ``restore::holov_crop_variance`` (crops in parallel, each one BLAS call reduced in
-cache), elsewhere one batched matmul and float64 reductions. Budgets (the authors' redistribution loop in closed
-form) and the in-crop choice are sorts over (B, 16) and (B, 16, m). No host sync on CUDA.
+On the CPU the whole selection is one call of the compiled op ``restore::holov_indices`` (crops in parallel, each
+crop's Gram one BLAS call reduced in cache; then per row the scores, the authors' budget loop and the in-crop
+choice). Elsewhere, :func:`holov_indices_torch`: crops of one size are one view (B, crops, m, D), so the crop
+scores are one batched matmul and float64 reductions per size (at most two); budgets (the authors'
+redistribution loop in closed form) and the in-crop choice are sorts over (B, 16) and (B, 16, m). No host sync
+on CUDA.
 """
 from typing import List, Tuple
 
@@ -127,12 +129,25 @@ def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
 
     See the module docstring for the rule. ``features`` float16/bfloat16/float32/float64 (similarities in
     float32, float64 for float64 input; scores and budgets in float64), ``cls_attention`` finite and
-    nonnegative; ``1 <= k <= N``. Returns (B, k) int64, ascending.
+    nonnegative; ``1 <= k <= N``. Returns (B, k) int64, ascending. On the CPU one call of the compiled op
+    ``restore::holov_indices``; elsewhere :func:`holov_indices_torch`.
     """
     k = check_scored_inputs("holov_indices", features, k, cls_attention, nonnegative=True)
-    b, n, _ = features.shape
     if features.is_meta:
-        return features.new_empty((b, k), dtype=torch.long)
+        return features.new_empty((features.shape[0], k), dtype=torch.long)
+    if features.device.type != "cpu":
+        return holov_indices_torch(features, k, cls_attention)
+    try:
+        return ops.holov_indices(features.to(compute_dtype(features)), k, cls_attention)
+    except RuntimeError as e:  # the op's only value check left after ours; say it as the other entry points do
+        if "must be finite" not in str(e):
+            raise
+    raise ValueError("holov_indices: features must be finite, got NaN or inf")
+
+
+def holov_indices_torch(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
+    """:func:`holov_indices` as torch ops on any device (checked inputs), without a host sync on CUDA."""
+    b, n, _ = features.shape
     dev = features.device
     groups = crop_groups(n)
     longest = groups[0][2]

@@ -76,6 +76,20 @@ def holov_crop_variance(x: Tensor) -> Tensor:
     return torch.ops.restore.holov_crop_variance.default(x)
 
 
+def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
+    """HoloV's ``k`` tokens of each row of ``features`` (B, N, D) given ``cls_attention`` (B, N) >= 0: (B, k)
+    int64, ascending; the whole selection (crop variances, scores, the authors' budget loop, the in-crop choice)
+    in one call.
+
+    ``features`` float32 or float64 (similarities in that dtype, scores in float64), ``cls_attention`` any float
+    dtype, finite and >= 0; ``1 <= k <= N``. CPU only (:func:`restore_ext.holov.holov_indices` takes every
+    device and dtype and calls this on the CPU). Contract: docs/ops.md §3d; reference
+    :func:`restore_ext.reference.holov_indices`.
+    """
+    check_op_int("holov_indices", "k", k, lambda: f"1 <= k <= N{_n_of(features, 3)}")
+    return torch.ops.restore.holov_indices.default(features, k, cls_attention)
+
+
 def anchor_merge(x: Tensor, num_anchors: int, rule: str = "reference") -> AnchorMerge:
     """Distinctive anchor merging of each row of ``x`` (B, N, D) into ``num_anchors`` tokens (docs/ops.md §2).
 
@@ -137,6 +151,14 @@ def _holov_crop_variance_fake(x):
     torch._check(x.dim() == 4, lambda: f"holov_crop_variance: x must be 4-D (B, C, m, D), got {x.dim()}-D")
     torch._check(x.shape[2] >= 2, lambda: f"holov_crop_variance: each crop needs m >= 2 tokens, got {x.shape[2]}")
     return x.new_empty(x.shape[:2], dtype=torch.float64)
+
+
+@torch.library.register_fake("restore::holov_indices")
+def _holov_indices_fake(features, k, cls_attention):
+    torch._check(features.dim() == 3, lambda: f"holov_indices: features must be 3-D (B, N, D), got {features.dim()}-D")
+    torch._check(1 <= k, lambda: f"holov_indices: k must be >= 1, got {k}")
+    torch._check(k <= features.shape[1], lambda: f"holov_indices: k must be <= N = {features.shape[1]}")
+    return features.new_empty((features.shape[0], k), dtype=torch.long)
 
 
 @torch.library.register_fake("restore::anchor_merge")

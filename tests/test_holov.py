@@ -5,7 +5,8 @@ import torch
 import restore_ext
 from restore_ext import reference
 from restore_ext import ops
-from restore_ext.holov import crop_budgets, crop_groups, crop_variance_torch, holov_indices
+from restore_ext._scored_inputs import check_scored_inputs
+from restore_ext.holov import crop_budgets, crop_groups, crop_variance_torch, holov_indices, holov_indices_torch
 
 from conftest import DEVICES, DTYPES
 from scored_selector_check import (
@@ -17,30 +18,49 @@ SHAPES = [  # (B, N, D): fewer tokens than crops, one-token crops, N % 16 != 0, 
 ]
 
 
+def holov_torch_ops(features, k, cls_attention):
+    """The torch-op path (what CUDA runs), forced on the CPU too, where holov_indices calls the compiled op."""
+    k = check_scored_inputs("holov_indices", features, k, cls_attention, nonnegative=True)
+    return holov_indices_torch(features, k, cls_attention)
+
+
+PATHS = {"public": holov_indices, "torch_ops": holov_torch_ops}
+
+
+def selector(path, device):
+    if path == "torch_ops" and device != "cpu":
+        pytest.skip("off the CPU holov_indices is the torch-op path already")
+    return PATHS[path]
+
+
 def budgets(n):
     # k = 1, small, above one crop's length (n // 16 + 1), most of N, N
     return sorted({1, 3, n // 16 + 2, max(1, n // 3), max(1, n - 2), n} & set(range(1, n + 1)))
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["random", "clustered", "zeros"])
 @pytest.mark.parametrize("b,n,d", SHAPES)
-def test_float64_equals_reference(device, kind, b, n, d):
+def test_float64_equals_reference(device, kind, b, n, d, path):
+    select_holov = selector(path, device)
     x, att = random_inputs(b, n, d, seed=n * 5 + d, dtype=torch.float64, kind=kind)
     for k in budgets(n):
-        got = holov_indices(x.to(device), k, att.to(device))
+        got = select_holov(x.to(device), k, att.to(device))
         assert_selection(got, b, k, device)
         want = reference.holov_selection(x, k, att)
         assert assert_matches(got, want.indices, want.margin, tol=1e-12) == b
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_low_precision_matches_reference_away_from_near_ties(device, dtype):
+def test_low_precision_matches_reference_away_from_near_ties(device, dtype, path):
+    select_holov = selector(path, device)
     checked = 0
     for seed, (b, n, d, k) in enumerate([(3, 60, 16, 12), (2, 577, 32, 64), (4, 200, 8, 40)]):
         x, att = random_inputs(b, n, d, seed=seed, dtype=dtype, kind="clustered" if seed % 2 else "random")
-        got = holov_indices(x.to(device), k, att.to(device))
+        got = select_holov(x.to(device), k, att.to(device))
         assert_selection(got, b, k, device)
         want = reference.holov_selection(x, k, att)  # the same low-precision values, in float64
         checked += assert_matches(got, want.indices, want.margin, tol=1e-7)
@@ -60,28 +80,32 @@ def crop_tie_inputs(b, n, seed):
     return x, att
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
 @pytest.mark.parametrize("n", [12, 50, 208])
-def test_exact_ties_go_to_the_lower_index(device, dtype, n):
+def test_exact_ties_go_to_the_lower_index(device, dtype, n, path):
+    select_holov = selector(path, device)
     x, att = crop_tie_inputs(3, n, seed=n)
     for k in budgets(n):
-        got = holov_indices(x.to(device, dtype), k, att.to(device, dtype))
+        got = select_holov(x.to(device, dtype), k, att.to(device, dtype))
         assert torch.equal(got.cpu(), reference.holov_indices(x, k, att)), k
     # identical crops with equal attention: equal weights, the shortfall goes to the first crops
     same = torch.ones(1, 64, 3)
     for k in (5, 20, 64):
-        got = holov_indices(same.to(device), k, torch.full((1, 64), 0.25, device=device))
+        got = select_holov(same.to(device), k, torch.full((1, 64), 0.25, device=device))
         assert torch.equal(got.cpu(), reference.holov_indices(same, k, torch.full((1, 64), 0.25)))
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_budget_above_a_crop_is_redistributed(device):
+def test_budget_above_a_crop_is_redistributed(device, path):
+    select_holov = selector(path, device)
     # All attention on the first crop: it is asked for more tokens than it holds and the rest spill over.
     x, att = random_inputs(2, 160, 8, seed=9, dtype=torch.float64)
     att[:, :10] += 1.0
     for k in (15, 40, 150):
-        got = holov_indices(x.to(device), k, att.to(device))
+        got = select_holov(x.to(device), k, att.to(device))
         assert torch.equal(got.cpu(), reference.holov_indices(x, k, att))
         assert bool((got[:, :10] == torch.arange(10, device=device)).all())  # the first crop is kept whole
 
@@ -98,13 +122,15 @@ def test_crop_layout_and_budgets():
     assert budget.sum(1).tolist() == [7, 7] and bool((budget <= sizes).all())
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_rows_are_independent(device):
+def test_rows_are_independent(device, path):
+    select_holov = selector(path, device)
     x, att = random_inputs(4, 150, 16, seed=3, dtype=torch.float64)
     x[2], att[2] = x[1].flip(0), att[1].flip(0)
-    got = holov_indices(x.to(device), 30, att.to(device))
+    got = select_holov(x.to(device), 30, att.to(device))
     for row in range(4):
-        alone = holov_indices(x[row : row + 1].to(device), 30, att[row : row + 1].to(device))
+        alone = select_holov(x[row : row + 1].to(device), 30, att[row : row + 1].to(device))
         assert torch.equal(got[row : row + 1], alone)
 
 
@@ -174,6 +200,46 @@ def test_crop_variance_op_checks_and_compiles():
             ops.holov_crop_variance(poisoned)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_op_equals_torch_ops_path(dtype):
+    # The compiled op and the torch-op path (CUDA's) are two implementations of one rule: the same tokens on
+    # fresh inputs of every kind, with k from 1 to N.
+    for seed, (b, n, d) in enumerate([(3, 7, 5), (2, 33, 8), (4, 160, 16), (2, 577, 24), (1, 2885, 8)]):
+        for kind in ("random", "clustered", "zeros"):
+            x, att = random_inputs(b, n, d, seed=seed + 100, dtype=dtype, kind=kind)
+            for k in budgets(n):
+                assert torch.equal(ops.holov_indices(x, k, att), holov_torch_ops(x, k, att)), (b, n, d, kind, k)
+
+
+def test_op_checks_and_compiles():
+    x, att = random_inputs(2, 40, 6, seed=1)
+    torch.library.opcheck(torch.ops.restore.holov_indices.default, (x, 7, att))
+    torch.library.opcheck(torch.ops.restore.holov_indices.default, (x.double(), 40, att.half()))
+    compiled = torch.compile(ops.holov_indices, fullgraph=True)
+    assert torch.equal(compiled(x, 7, att), ops.holov_indices(x, 7, att))
+    assert ops.holov_indices(x[:0], 3, att[:0]).shape == (0, 3)
+    strided = torch.randn(2, 6, 40).transpose(1, 2)  # a view with D not innermost: read through a copy
+    assert torch.equal(ops.holov_indices(strided, 9, att), ops.holov_indices(strided.contiguous(), 9, att))
+    for args, words in [((x[0], 3, att), "features must be 3-D"), ((x.half(), 3, att), "float32 or float64"),
+                        ((x[..., :0], 3, att), "D >= 1"), ((x, 0, att), "1 <= k <= N = 40"),
+                        ((x, 41, att), "1 <= k <= N = 40"), ((x, 3, att[:, :5]), r"shape \(B, N\) = \(2, 40\)"),
+                        ((x, 3, att.long()), "cls_attention must be float")]:
+        with pytest.raises((RuntimeError, ValueError), match=f"holov_indices: .*{words}"):
+            ops.holov_indices(*args)
+    for value in (float("nan"), float("inf"), -1e-3):
+        bad = att.clone()
+        bad[1, 5] = value
+        with pytest.raises(RuntimeError, match="holov_indices: cls_attention must be finite and >= 0"):
+            ops.holov_indices(x, 3, bad)
+    for value in (float("nan"), float("inf")):
+        bad = x.clone()
+        bad[1, 5, 2] = value
+        with pytest.raises(RuntimeError, match="holov_indices: features must be finite"):
+            ops.holov_indices(bad, 3, att)
+        with pytest.raises(ValueError, match="holov_indices: features must be finite"):
+            holov_indices(bad, 3, att)
+
+
 def test_bad_inputs_are_refused_clearly():
     bad_inputs(holov_indices, "holov_indices")
     x = torch.randn(1, 20, 4)
@@ -193,11 +259,13 @@ def test_select_and_reduce_with_base_holov(device):
         restore_ext.reduce(x, 40, base="holov")
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_features_near_the_float32_limits(device):
+def test_features_near_the_float32_limits(device, path):
+    select_holov = selector(path, device)
     # Squares of 1e25 overflow float32 and those of 1e-25 underflow: the rows are pre-scaled, the result is still
     # the reference's (HoloV's 1e-6 in |x| + 1e-6 makes tiny features score as near-zero similarities, as theirs).
     x, att = random_inputs(2, 100, 8, seed=4)
     for scale in (1e25, 1e-25):
-        got = holov_indices((x * scale).to(device), 20, att.to(device))
+        got = select_holov((x * scale).to(device), 20, att.to(device))
         assert torch.equal(got.cpu(), reference.holov_indices((x * scale).double(), 20, att))

@@ -8,9 +8,10 @@ from restore_ext import _build_info
 
 OPS = ("topk_indices", "divprune_indices", "anchor_merge", "calibrated_attention")
 # CPU only by design: VisPruner's rounds are sequential small steps; on other devices vispruner_indices runs
-# them as torch ops (restore_ext.vispruner.matching_rounds). HoloV's crop statistic fuses what one batched GPU
-# matmul and two reductions already do well (restore_ext.holov.crop_variance_torch).
-CPU_ONLY_OPS = ("vispruner_matching", "holov_crop_variance")
+# them as torch ops (restore_ext.vispruner.matching_rounds). HoloV's crop statistic and whole selection fuse
+# what one batched GPU matmul, reductions and a few sorts already do without a host sync
+# (restore_ext.holov.holov_indices_torch).
+CPU_ONLY_OPS = ("vispruner_matching", "holov_crop_variance", "holov_indices")
 
 
 @pytest.mark.parametrize("op", OPS + CPU_ONLY_OPS)
