@@ -8,8 +8,10 @@
 - restore_reduce     vs the same composite built on the authors' anchor merge;
 - divprune_indices   vs the authors' loop (a full distance matrix, then per step torch ops over the picks);
 - vispruner_indices, holov_indices vs the RESTORE authors' loops (benchmarks/authors_selectors.py), N <= 2880;
-                       holov_indices also vs `crop_gram_floor`, its crops' Gram matmuls alone: not a peer but the
-                       work every exact HoloV shares, so its ratio says how close to that floor ours is;
+                       holov_indices also vs `crop_gram_floor`, its crops' float32 Gram matmuls alone (the work of
+                       every HoloV that computes them in float32) and vs `gram_exact`, our op with gram="exact"
+                       (ours is gram="auto": bfloat16 Gram matrices with proven bounds on a CPU with AMX-BF16);
+                       neither is a peer, they say where the time goes;
 - topk_indices       vs torch.topk + sort.
 """
 import math
@@ -97,6 +99,11 @@ def crop_gram_floor(x):
     return [v @ v.transpose(-1, -2) for v in crops]
 
 
+def holov_gram_exact(x, k, att):
+    """holov_indices on the CPU with every crop's Gram matrix in float32 (the op's gram="exact")."""
+    return restore_ext.ops.holov_indices(x, k, att, "exact")
+
+
 def authors_restore_reduce(features, retained, num_out):
     """restore_reduce's composite (docs/ops.md §3) with the authors' N x N anchor merge in place of the op."""
     b, n, d = features.shape
@@ -173,7 +180,9 @@ def cases(quick, device):
                 Case("holov_indices", f"B{b} N{n} D{d} k{r}", dt, device,
                      ours=lambda t=t, r=r: holov_indices(t.x, r, t.att),
                      peers={"authors_loop": lambda t=t, r=r: authors_holov(t.x, r, t.att),
-                            "crop_gram_floor": lambda t=t: crop_gram_floor(t.x)}),
+                            "crop_gram_floor": lambda t=t: crop_gram_floor(t.x),
+                            **({"gram_exact": lambda t=t, r=r: holov_gram_exact(t.x, r, t.att)}
+                               if device == "cpu" else {})}),
             ]
         out_cases += [
             Case("topk_indices", f"B{b} N{n} k{r}", "float32", device,

@@ -51,17 +51,18 @@ void check_vispruner_matching_args(const at::Tensor& sim, int64_t keep) {
               " (sim has shape ", sim.sizes(), "), got keep = ", keep);
 }
 
-void check_holov_crop_variance_args(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 4, "holov_crop_variance: x must be 4-D (B, C, m, D): C crops of m tokens, got ",
-              x.dim(), "-D with shape ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "holov_crop_variance: x must be float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(x.size(2) >= 2, "holov_crop_variance: each crop needs m >= 2 tokens (a token's variance is over ",
-              "the other m - 1), got shape ", x.sizes());
-  TORCH_CHECK(x.size(3) >= 1, "holov_crop_variance: x must have a feature dim D >= 1, got shape ", x.sizes());
+void check_holov_crop_variance_args(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D (B, C, m, D): C crops of m tokens, got ", x.dim(),
+              "-D with shape ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.size(2) >= 2, op, ": each crop needs m >= 2 tokens (a token's variance is over the other m - 1), ",
+              "got shape ", x.sizes());
+  TORCH_CHECK(x.size(3) >= 1, op, ": x must have a feature dim D >= 1, got shape ", x.sizes());
 }
 
-void check_holov_indices_args(const at::Tensor& features, int64_t k, const at::Tensor& cls_attention) {
+bool check_holov_indices_args(const at::Tensor& features, int64_t k, const at::Tensor& cls_attention,
+                              c10::string_view gram, bool bf16_pays) {
   constexpr const char* op = "holov_indices";
   TORCH_CHECK(features.dim() == 3, op, ": features must be 3-D (B, N, D), got ", features.dim(), "-D with shape ",
               features.sizes());
@@ -76,6 +77,10 @@ void check_holov_indices_args(const at::Tensor& features, int64_t k, const at::T
   TORCH_CHECK(is_float_type(cls_attention.scalar_type()) || cls_attention.scalar_type() == at::kDouble, op,
               ": cls_attention must be float16, bfloat16, float32 or float64, got ", cls_attention.scalar_type());
   check_same_device(op, "cls_attention", cls_attention, features, "features");
+  if (gram == "exact") return false;
+  if (gram == "bf16") return true;
+  TORCH_CHECK(gram == "auto", op, ": gram must be \"auto\", \"exact\" or \"bf16\", got \"", std::string(gram), "\"");
+  return bf16_pays && features.scalar_type() == at::kFloat;
 }
 
 AnchorRule check_anchor_merge_args(const at::Tensor& x, int64_t num_anchors, c10::string_view rule) {

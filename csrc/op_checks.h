@@ -16,9 +16,12 @@ void check_divprune_indices_args(const at::Tensor& x, int64_t k);
 
 void check_vispruner_matching_args(const at::Tensor& sim, int64_t keep);
 
-void check_holov_crop_variance_args(const at::Tensor& x);
+void check_holov_crop_variance_args(const at::Tensor& x, const char* op = "holov_crop_variance");
 
-void check_holov_indices_args(const at::Tensor& features, int64_t k, const at::Tensor& cls_attention);
+// Returns true for gram = "bf16", false for "exact"; "auto" is bf16 where the CPU has AMX-BF16 and the features are
+// float32.
+bool check_holov_indices_args(const at::Tensor& features, int64_t k, const at::Tensor& cls_attention,
+                              c10::string_view gram, bool bf16_pays);
 
 AnchorRule check_anchor_merge_args(const at::Tensor& x, int64_t num_anchors, c10::string_view rule);
 

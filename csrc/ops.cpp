@@ -7,7 +7,8 @@ TORCH_LIBRARY(restore, m) {
   m.def("divprune_indices(Tensor x, SymInt k) -> Tensor");
   m.def("vispruner_matching(Tensor sim, SymInt keep) -> Tensor");
   m.def("holov_crop_variance(Tensor x) -> Tensor");
-  m.def("holov_indices(Tensor features, SymInt k, Tensor cls_attention) -> Tensor");
+  m.def("holov_crop_variance_bounds(Tensor x) -> Tensor");
+  m.def("holov_indices(Tensor features, SymInt k, Tensor cls_attention, str gram=\"auto\") -> Tensor");
   m.def(
       "anchor_merge(Tensor x, SymInt num_anchors, str rule=\"reference\") -> "
       "(Tensor merged, Tensor size, Tensor assign, Tensor anchors)");

@@ -76,18 +76,30 @@ def holov_crop_variance(x: Tensor) -> Tensor:
     return torch.ops.restore.holov_crop_variance.default(x)
 
 
-def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
+def holov_crop_variance_bounds(x: Tensor) -> Tensor:
+    """An interval around :func:`holov_crop_variance` from each crop's bfloat16 Gram matrix: (B, C, 2) float64,
+    ``[..., 0] <= V <= [..., 1]`` for the float64 V of the reference, whatever order the float32 accumulation
+    takes (a proof from norms computed alongside, not an estimate). What ``holov_indices(gram="bf16")`` decides
+    budgets with. Same inputs and errors as :func:`holov_crop_variance`; CPU only. Contract: docs/ops.md §3d.
+    """
+    return torch.ops.restore.holov_crop_variance_bounds.default(x)
+
+
+def holov_indices(features: Tensor, k: int, cls_attention: Tensor, gram: str = "auto") -> Tensor:
     """HoloV's ``k`` tokens of each row of ``features`` (B, N, D) given ``cls_attention`` (B, N) >= 0: (B, k)
     int64, ascending; the whole selection (crop variances, scores, the authors' budget loop, the in-crop choice)
     in one call.
 
     ``features`` float32 or float64 (similarities in that dtype, scores in float64), ``cls_attention`` any float
-    dtype, finite and >= 0; ``1 <= k <= N``. CPU only (:func:`restore_ext.holov.holov_indices` takes every
-    device and dtype and calls this on the CPU). Contract: docs/ops.md §3d; reference
-    :func:`restore_ext.reference.holov_indices`.
+    dtype, finite and >= 0; ``1 <= k <= N``. ``gram``: ``"exact"`` computes every crop's Gram matrix in the
+    features' dtype; ``"bf16"`` decides the budgets from bfloat16 Gram matrices with proven error bounds where
+    those fix every decision, exactly elsewhere (same tokens, faster where bfloat16 GEMM is, e.g. AMX);
+    ``"auto"`` is ``"bf16"`` for float32 features on a CPU with AMX-BF16 and MKL, else ``"exact"``. CPU only
+    (:func:`restore_ext.holov.holov_indices` takes every device and dtype and calls this on the CPU). Contract:
+    docs/ops.md §3d; reference :func:`restore_ext.reference.holov_indices`.
     """
     check_op_int("holov_indices", "k", k, lambda: f"1 <= k <= N{_n_of(features, 3)}")
-    return torch.ops.restore.holov_indices.default(features, k, cls_attention)
+    return torch.ops.restore.holov_indices.default(features, k, cls_attention, gram)
 
 
 def anchor_merge(x: Tensor, num_anchors: int, rule: str = "reference") -> AnchorMerge:
@@ -153,8 +165,15 @@ def _holov_crop_variance_fake(x):
     return x.new_empty(x.shape[:2], dtype=torch.float64)
 
 
+@torch.library.register_fake("restore::holov_crop_variance_bounds")
+def _holov_crop_variance_bounds_fake(x):
+    torch._check(x.dim() == 4, lambda: f"holov_crop_variance_bounds: x must be 4-D (B, C, m, D), got {x.dim()}-D")
+    torch._check(x.shape[2] >= 2, lambda: f"holov_crop_variance_bounds: each crop needs m >= 2 tokens, got {x.shape[2]}")
+    return x.new_empty((*x.shape[:2], 2), dtype=torch.float64)
+
+
 @torch.library.register_fake("restore::holov_indices")
-def _holov_indices_fake(features, k, cls_attention):
+def _holov_indices_fake(features, k, cls_attention, gram="auto"):
     torch._check(features.dim() == 3, lambda: f"holov_indices: features must be 3-D (B, N, D), got {features.dim()}-D")
     torch._check(1 <= k, lambda: f"holov_indices: k must be >= 1, got {k}")
     torch._check(k <= features.shape[1], lambda: f"holov_indices: k must be <= N = {features.shape[1]}")

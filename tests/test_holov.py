@@ -5,7 +5,7 @@ import torch
 import restore_ext
 from restore_ext import reference
 from restore_ext import ops
-from restore_ext._scored_inputs import check_scored_inputs
+from restore_ext._scored_inputs import check_scored_inputs, compute_dtype
 from restore_ext.holov import crop_budgets, crop_groups, crop_variance_torch, holov_indices, holov_indices_torch
 
 from conftest import DEVICES, DTYPES
@@ -24,12 +24,22 @@ def holov_torch_ops(features, k, cls_attention):
     return holov_indices_torch(features, k, cls_attention)
 
 
-PATHS = {"public": holov_indices, "torch_ops": holov_torch_ops}
+def holov_op(gram):
+    """The compiled op with its crop Gram matrices in the features' dtype ("exact") or in bfloat16 with proven
+    error bounds ("bf16"), whichever "auto" would pick on this machine."""
+    def select(features, k, cls_attention):
+        k = check_scored_inputs("holov_indices", features, k, cls_attention, nonnegative=True)
+        return ops.holov_indices(features.to(compute_dtype(features)), k, cls_attention, gram)
+    return select
+
+
+PATHS = {"public": holov_indices, "torch_ops": holov_torch_ops, "op_exact": holov_op("exact"),
+         "op_bf16": holov_op("bf16")}
 
 
 def selector(path, device):
-    if path == "torch_ops" and device != "cpu":
-        pytest.skip("off the CPU holov_indices is the torch-op path already")
+    if path != "public" and device != "cpu":
+        pytest.skip("off the CPU holov_indices is the torch-op path, and the compiled op is CPU only")
     return PATHS[path]
 
 
@@ -238,6 +248,82 @@ def test_op_checks_and_compiles():
             ops.holov_indices(bad, 3, att)
         with pytest.raises(ValueError, match="holov_indices: features must be finite"):
             holov_indices(bad, 3, att)
+
+
+def common_component_crops(b, c, m, d, seed, spread):
+    """Crops of tokens that share one direction (cosines near 1 - spread^2 / 2), as real patch features do."""
+    g = torch.Generator().manual_seed(seed)
+    common = torch.randn(1, 1, 1, d, generator=g, dtype=torch.float64)
+    return common + spread * torch.randn(b, c, m, d, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_crop_variance_bounds_contain_reference(dtype):
+    # The interval is a proof: it holds for zero, identical, tiny and huge rows too, whatever its width there.
+    for seed, shape in enumerate(CROP_SHAPES + [(2, 16, 36, 1024), (1, 4, 180, 256), (1, 3, 36, 4096)]):
+        cases = [crops_of_every_kind(*shape, dtype, seed)]
+        cases += [common_component_crops(*shape, seed, spread).to(dtype) for spread in (0.05, 0.5)]
+        for x in cases:
+            got = ops.holov_crop_variance_bounds(x)
+            v = reference.holov_crop_variance(x)
+            assert got.shape == (*x.shape[:2], 2) and got.dtype == torch.float64
+            assert bool((got[..., 0] <= v).all() and (v <= got[..., 1]).all()), (shape, seed)
+
+
+@pytest.mark.parametrize("kind", ["random", "common"])
+def test_crop_variance_bounds_are_tight_enough_to_decide(kind):
+    # What makes gram="bf16" pay: on ordinary crops the interval is a few percent of V wide (so a crop score,
+    # which moves by ~0.08 * 1e-6 / V of V's relative error, is known to ~1e-5 or better).
+    for seed, (b, c, m, d) in enumerate([(2, 16, 36, 1024), (1, 16, 180, 1024), (1, 16, 36, 4096)]):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(b, c, m, d, generator=g) if kind == "random" else common_component_crops(b, c, m, d, seed, 0.1)
+        got = ops.holov_crop_variance_bounds(x.float())
+        v = reference.holov_crop_variance(x.float())
+        width = (got[..., 1] - got[..., 0]) / v
+        assert bool((got[..., 0] > 0).all()) and width.max() < 0.5, (b, c, m, d, width.max().item())
+
+
+def test_crop_variance_bounds_op_checks_and_compiles():
+    x = torch.randn(2, 3, 6, 5)
+    torch.library.opcheck(torch.ops.restore.holov_crop_variance_bounds.default, (x,))
+    compiled = torch.compile(ops.holov_crop_variance_bounds, fullgraph=True)
+    assert torch.equal(compiled(x), ops.holov_crop_variance_bounds(x))
+    assert ops.holov_crop_variance_bounds(x[:0]).shape == (0, 3, 2)
+    for bad, words in [(x[0], "4-D"), (x.half(), "float32 or float64"), (x[:, :, :1], "m >= 2"),
+                       (x[..., :0], "D >= 1")]:
+        with pytest.raises(RuntimeError, match=f"holov_crop_variance_bounds: .*{words}"):
+            ops.holov_crop_variance_bounds(bad)
+    poisoned = x.clone()
+    poisoned[1, 2, 3, 4] = float("nan")
+    with pytest.raises(RuntimeError, match="holov_crop_variance_bounds: x must be finite"):
+        ops.holov_crop_variance_bounds(poisoned)
+
+
+@pytest.mark.parametrize("n", [64, 577])
+def test_bf16_gram_falls_back_where_the_bounds_cannot_decide(n):
+    # Crops 2k and 2k+1 hold the same tokens up to a 1e-7 perturbation and the same attention: their scores
+    # differ by far less than the bfloat16 interval, so every budget that hinges on their order (which crop gets
+    # the shortfall) must come from the exact V. float64, so that the exact V orders them as the reference does.
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(3, n, 16, generator=g, dtype=torch.float64)
+    att = torch.rand(3, n, generator=g, dtype=torch.float64)
+    for start, count, m in crop_groups(n):
+        for c in range(0, count - 1, 2):
+            lo = start + c * m
+            x[:, lo + m : lo + 2 * m] = x[:, lo : lo + m] * (1 + 1e-7 * torch.randn(3, m, 16, generator=g,
+                                                                                    dtype=torch.float64))
+            att[:, lo + m : lo + 2 * m] = att[:, lo : lo + m]
+    for k in budgets(n):
+        want = reference.holov_indices(x, k, att)
+        assert torch.equal(ops.holov_indices(x, k, att, "bf16"), want), k
+        assert torch.equal(ops.holov_indices(x, k, att, "exact"), want), k
+
+
+def test_gram_choice():
+    x, att = random_inputs(2, 40, 6, seed=1)
+    assert torch.equal(ops.holov_indices(x, 7, att, "auto"), ops.holov_indices(x, 7, att, "exact"))
+    with pytest.raises(RuntimeError, match='holov_indices: gram must be "auto", "exact" or "bf16", got "fp8"'):
+        ops.holov_indices(x, 7, att, "fp8")
 
 
 def test_bad_inputs_are_refused_clearly():

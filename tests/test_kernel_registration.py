@@ -11,7 +11,7 @@ OPS = ("topk_indices", "divprune_indices", "anchor_merge", "calibrated_attention
 # them as torch ops (restore_ext.vispruner.matching_rounds). HoloV's crop statistic and whole selection fuse
 # what one batched GPU matmul, reductions and a few sorts already do without a host sync
 # (restore_ext.holov.holov_indices_torch).
-CPU_ONLY_OPS = ("vispruner_matching", "holov_crop_variance", "holov_indices")
+CPU_ONLY_OPS = ("vispruner_matching", "holov_crop_variance", "holov_crop_variance_bounds", "holov_indices")
 
 
 @pytest.mark.parametrize("op", OPS + CPU_ONLY_OPS)

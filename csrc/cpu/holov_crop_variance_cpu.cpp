@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/holov_crop_math.h"
+#include "cpu/holov_variance_bounds.h"
 #include "op_checks.h"
 
 namespace restore {
@@ -46,6 +47,38 @@ at::Tensor holov_crop_variance_cpu(const at::Tensor& x) {
   return out;
 }
 
-TORCH_LIBRARY_IMPL(restore, CPU, m) { m.impl("holov_crop_variance", &holov_crop_variance_cpu); }
+// [lo, hi] around each crop's V from its bfloat16 Gram matrix (cpu/holov_variance_bounds.h): what
+// holov_indices(gram="bf16") decides budgets with; an op of its own so that tests hold the bounds to the
+// float64 reference directly.
+at::Tensor holov_crop_variance_bounds_cpu(const at::Tensor& x) {
+  check_holov_crop_variance_args(x, "holov_crop_variance_bounds");
+  const at::Tensor src = x.contiguous();
+  const int64_t batch = x.size(0), crops = x.size(1), m = x.size(2), d = x.size(3);
+  at::Tensor out = at::empty({batch, crops, 2}, x.options().dtype(at::kDouble));
+  std::atomic<bool> finite{true};
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "holov_crop_variance_bounds_cpu", [&] {
+    const scalar_t* xs = src.const_data_ptr<scalar_t>();
+    double* dst = out.data_ptr<double>();
+    at::parallel_for(0, batch * crops, 1, [&](int64_t c0, int64_t c1) {
+      holov::Bf16Scratch scratch;
+      for (int64_t c = c0; c < c1; ++c) {
+        holov::VarianceBounds v;
+        if (!holov::crop_variance_bounds(xs + c * m * d, m, d, scratch, &v)) {
+          finite = false;
+          return;
+        }
+        dst[2 * c] = v.lo;
+        dst[2 * c + 1] = v.hi;
+      }
+    });
+  });
+  TORCH_CHECK(finite, "holov_crop_variance_bounds: x must be finite, got NaN or inf");
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(restore, CPU, m) {
+  m.impl("holov_crop_variance", &holov_crop_variance_cpu);
+  m.impl("holov_crop_variance_bounds", &holov_crop_variance_bounds_cpu);
+}
 
 }  // namespace restore

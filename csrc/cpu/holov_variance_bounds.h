@@ -1,0 +1,33 @@
+#pragma once
+// HoloV's crop statistic V (cpu/holov_crop_math.h) bracketed from a bfloat16 Gram matrix, for the CPU path of
+// restore::holov_indices. V enters a crop's score only as 1e3 mean(a) (1 + 0.09 V / (V + 1e-6)), so the score
+// moves by about 0.08 (1e-6 / V) of V's relative error: an interval for V of a few percent usually fixes every
+// budget, and where it does not the caller computes V exactly. The interval is a proof, not an estimate: it
+// holds for any summation order of the float32 accumulation, and contains the float64 reference's V.
+#include <cstdint>
+#include <vector>
+
+namespace restore {
+namespace holov {
+
+struct VarianceBounds {
+  double lo, hi;
+};
+
+struct Bf16Scratch {
+  std::vector<uint16_t> hi;       // the crop's normalised rows, rounded to bfloat16 (m x d)
+  std::vector<float> hi_float;    // the same as float32, only where no bfloat16 GEMM is available
+  std::vector<float> gram;        // hi hi^T accumulated in float32 (m x m)
+  std::vector<float> hi_sum, lo_sum;  // the column sums of hi and lo (float32)
+  std::vector<double> inv, hn, ln, hl, col_sq, col_sum, t_centre;
+};
+
+// True when the BLAS torch links has a bfloat16 x bfloat16 -> float32 GEMM (MKL's cblas_gemm_bf16bf16f32).
+bool have_bf16_gemm();
+
+// [lo, hi] containing V of the crop's m >= 2 rows of d values (packed); false if a value is NaN or inf.
+bool crop_variance_bounds(const float* x, int64_t m, int64_t d, Bf16Scratch& s, VarianceBounds* out);
+bool crop_variance_bounds(const double* x, int64_t m, int64_t d, Bf16Scratch& s, VarianceBounds* out);
+
+}  // namespace holov
+}  // namespace restore
