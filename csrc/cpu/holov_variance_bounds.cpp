@@ -1,10 +1,13 @@
-// V bracketed from a bfloat16 Gram matrix (see the header). With f the crop's normalised rows (float64), hi
-// their bfloat16 rounding and lo = f - hi, the cosine matrix is S = hi hi^T + hi lo^T + lo hi^T + lo lo^T; the
-// GEMM returns G = fl32(hi hi^T), within gamma |hi_i| |hi_j| of the exact product for any summation order
-// (gamma = 1.01 d 2^-24; bfloat16 products are exact in float32). V = (sum_{i!=j} S_ij^2 - c sum_i t_i^2) /
-// (m (m - 1)), t_i = sum_{j!=i} S_ij, c = (m - 2) / (m - 1)^2, and each part's distance from its value on G is
-// bounded by norms computed alongside: Cauchy-Schwarz on each row, and sigma >= ||hi||_2 (Gershgorin on G) for
-// the terms sum_ij G_ij (hi_i . lo_j), which Cauchy-Schwarz entry by entry would overstate ~sqrt(d) times.
+// V bracketed from a bfloat16 Gram matrix (see the header; docs/ops.md §3d). With f the crop's normalised rows
+// (float64), hi their bfloat16 rounding and lo = f - hi, the cosine matrix is S = hi hi^T + hi lo^T + lo hi^T +
+// lo lo^T; the GEMM returns G = fl32(hi hi^T), within gamma |hi_i| |hi_j| of the exact product for any
+// summation order (gamma = 1.01 d 2^-24; bfloat16 products are exact in float32). V = (sum_{i!=j} S_ij^2 -
+// c sum_i t_i^2) / (m (m - 1)), t_i = sum_{j!=i} S_ij, c = (m - 2) / (m - 1)^2. Bounding each correction
+// entry by entry (Cauchy-Schwarz) would leave V_lo at 0 for crops whose tokens share a direction, as real patch
+// features do (the t_i are then ~m / 2 and the corrections to them add up); so the first-order parts that such
+// a direction inflates are computed exactly (a second pass over the crop's rows, in cache) and only the rest is
+// bounded: sigma >= ||hi||_2 (Gershgorin on G) for sum_{i!=j} (G_ij - mean G) (hi_i . lo_j), norms for lo lo^T
+// and the rounding of every float32 sum.
 #include "cpu/holov_variance_bounds.h"
 
 #include <algorithm>
@@ -70,13 +73,17 @@ inline float lane_sum(const v16f& v) {
 
 // One row of float32 features: hi = bfloat16(f), lo = f - hi (exact: Sterbenz); float32 lane sums of hi^2,
 // lo^2 and hi lo into sums[0..2], and hi and lo added into the crop's column sums (float32).
+// `next` (the next row, or null) is prefetched line by line alongside: a row of d = 1024 floats is one 4 KiB
+// page, and hardware prefetchers stop at page boundaries, so without it every row starts with a DRAM stall.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void split_row(const float* x, int64_t d, double inv,
                                                                            uint16_t* hi, float* hi_sum,
-                                                                           float* lo_sum, double* sums) {
+                                                                           float* lo_sum, double* sums,
+                                                                           const float* next) {
   const float inv32 = float(inv);
   v16f acc_h = {}, acc_l = {}, acc_x = {};
   int64_t k = 0;
   for (; k + 16 <= d; k += 16) {
+    if (next != nullptr) __builtin_prefetch(next + k);
     const v16f f = load<v16f>(x + k) * inv32;
     v16u u = (v16u)f;
     u += 0x7FFFu + ((u >> 16) & 1u);
@@ -107,7 +114,8 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void split_row(cons
 }
 
 // The same for float64 features (f rounded once from x * inv in double).
-void split_row(const double* x, int64_t d, double inv, uint16_t* hi, float* hi_sum, float* lo_sum, double* sums) {
+void split_row(const double* x, int64_t d, double inv, uint16_t* hi, float* hi_sum, float* lo_sum, double* sums,
+               const double* /*next*/) {
   double th = 0, tl = 0, tx = 0;
   for (int64_t k = 0; k < d; ++k) {
     const float f = float(x[k] * inv);
@@ -267,11 +275,16 @@ bool bounds_impl(const T* x, int64_t m, int64_t d, Bf16Scratch& s, VarianceBound
     double norm, sums[3];
     if (!row_norm(x + i * d, d, &norm)) return false;
     s.inv[i] = 1.0 / (norm + kNormEps);
-    split_row(x + i * d, d, s.inv[i], s.hi.data() + i * d, s.hi_sum.data(), s.lo_sum.data(), sums);
+    split_row(x + i * d, d, s.inv[i], s.hi.data() + i * d, s.hi_sum.data(), s.lo_sum.data(), sums,
+              i + 1 < m ? x + (i + 1) * d : nullptr);
     s.hn[i] = std::sqrt(sums[0] * (1 + sum_rel));
     s.ln[i] = std::sqrt(sums[1] * (1 + sum_rel)) + eps;
     s.hl[i] = sums[2];
   }
+  // hi_i . lo_sum and lo_i . hi_sum now, while the crop's rows are still in cache (the GEMM's packing evicts them)
+  s.dots.resize(2 * ms);
+  for (int64_t i = 0; i < m; ++i)
+    row_dots(x + i * d, d, s.inv[i], s.hi_sum.data(), s.lo_sum.data(), s.dots.data() + 2 * i);
   if (d > (1 << 22)) {  // gamma would exceed ~0.25: no useful bound
     *out = {0.0, kInf};
     return true;
@@ -310,8 +323,7 @@ bool bounds_impl(const T* x, int64_t m, int64_t d, Bf16Scratch& s, VarianceBound
     row[i] = 0.f;  // S's diagonal is 0 (the authors zero it)
     rows[i] = row_sums(row, m, s.hn.data(), s.ln.data(), s.col_sq.data(), s.col_sum.data());
     t_sum += rows[i].sum;
-    double dots[2];  // hi_i . lo_sum, lo_i . hi_sum
-    row_dots(x + i * d, d, s.inv[i], s.hi_sum.data(), s.lo_sum.data(), dots);
+    const double* dots = s.dots.data() + 2 * i;  // hi_i . lo_sum, lo_i . hi_sum
     // t_i's centre: fl(t_i) + hi_i . (sum_{j != i} lo_j) + lo_i . (sum_{j != i} hi_j)
     const double a = dots[0] - s.hl[i], b = dots[1] - s.hl[i];
     x_sum += a;

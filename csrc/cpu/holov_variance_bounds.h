@@ -19,7 +19,7 @@ struct Bf16Scratch {
   std::vector<float> hi_float;    // the same as float32, only where no bfloat16 GEMM is available
   std::vector<float> gram;        // hi hi^T accumulated in float32 (m x m)
   std::vector<float> hi_sum, lo_sum;  // the column sums of hi and lo (float32)
-  std::vector<double> inv, hn, ln, hl, col_sq, col_sum, t_centre;
+  std::vector<double> inv, hn, ln, hl, col_sq, col_sum, t_centre, dots;
 };
 
 // True when the BLAS torch links has a bfloat16 x bfloat16 -> float32 GEMM (MKL's cblas_gemm_bf16bf16f32).
