@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import restore_ext
 from authors_selectors import authors_holov, authors_vispruner
 from common import Case
+from restore_ext._scored_inputs import check_scored_inputs
 from restore_ext.holov import crop_groups, holov_indices
 from restore_ext.vispruner import vispruner_indices
 
@@ -100,7 +101,9 @@ def crop_gram_floor(x):
 
 
 def holov_gram_exact(x, k, att):
-    """holov_indices on the CPU with every crop's Gram matrix in float32 (the op's gram="exact")."""
+    """holov_indices on the CPU with every crop's Gram matrix in float32 (the op's gram="exact"), its inputs
+    checked as holov_indices checks them."""
+    k = check_scored_inputs("holov_indices", x, k, att, nonnegative=True, values=False)
     return restore_ext.ops.holov_indices(x, k, att, "exact")
 
 

@@ -28,8 +28,10 @@ def require(ok: Tensor, fn: str, message: str) -> None:
         raise ValueError(f"{fn}: {message}")
 
 
-def check_scored_inputs(fn: str, features: Tensor, k, scores: Tensor, nonnegative: bool = False) -> int:
-    """Checks ``features`` (B, N, D), ``k`` and ``scores`` (B, N); returns ``k`` as a Python int."""
+def check_scored_inputs(fn: str, features: Tensor, k, scores: Tensor, nonnegative: bool = False,
+                        values: bool = True) -> int:
+    """Checks ``features`` (B, N, D), ``k`` and ``scores`` (B, N); returns ``k`` as a Python int. ``values=False``
+    leaves the value checks of ``scores`` (finite, >= 0) to a compiled op that reads them anyway."""
     check_features(fn, features)
     if features.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{fn}: features must be float16, bfloat16, float32 or float64, got {features.dtype}")
@@ -48,7 +50,7 @@ def check_scored_inputs(fn: str, features: Tensor, k, scores: Tensor, nonnegativ
         raise ValueError(f"{fn}: scores must be float16, bfloat16, float32 or float64, got {scores.dtype}")
     if scores.device != features.device:
         raise ValueError(f"{fn}: scores is on {scores.device} but features on {features.device}")
-    if scores.is_meta or not scores.numel():
+    if scores.is_meta or not scores.numel() or not values:
         return k
     require(torch.isfinite(scores).all(), fn, "scores must be finite, got NaN or inf")
     if nonnegative:  # attention weights; a negative one can make a crop's budget negative

@@ -133,17 +133,28 @@ def holov_indices(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:
     nonnegative; ``1 <= k <= N``. Returns (B, k) int64, ascending. On the CPU one call of the compiled op
     ``restore::holov_indices``; elsewhere :func:`holov_indices_torch`.
     """
-    k = check_scored_inputs("holov_indices", features, k, cls_attention, nonnegative=True)
+    on_cpu = features.device.type == "cpu" and not features.is_meta
+    # On the CPU the op checks the attention values in the pass that reads them (two fewer passes and syncs).
+    k = check_scored_inputs("holov_indices", features, k, cls_attention, nonnegative=True, values=not on_cpu)
     if features.is_meta:
         return features.new_empty((features.shape[0], k), dtype=torch.long)
-    if features.device.type != "cpu":
+    if not on_cpu:
         return holov_indices_torch(features, k, cls_attention)
     try:
         return ops.holov_indices(features.to(compute_dtype(features)), k, cls_attention)
-    except RuntimeError as e:  # the op's only value check left after ours; say it as the other entry points do
-        if "must be finite" not in str(e):
-            raise
-    raise ValueError("holov_indices: features must be finite, got NaN or inf")
+    except RuntimeError as e:  # the op's value checks, said as every Python entry point says them
+        for words, message in OP_VALUE_ERRORS:
+            if words in str(e):
+                raise ValueError(f"holov_indices: {message}") from None
+        raise
+
+
+# What the op's value checks say, and how the Python function words them (restore_ext._scored_inputs).
+OP_VALUE_ERRORS = (
+    ("cls_attention must be finite", "scores must be finite, got NaN or inf"),
+    ("cls_attention must be >= 0", "scores must be >= 0 (attention weights), got a negative score"),
+    ("features must be finite", "features must be finite, got NaN or inf"),
+)
 
 
 def holov_indices_torch(features: Tensor, k: int, cls_attention: Tensor) -> Tensor:

@@ -94,9 +94,9 @@ def holov_indices(features: Tensor, k: int, cls_attention: Tensor, gram: str = "
     dtype, finite and >= 0; ``1 <= k <= N``. ``gram``: ``"exact"`` computes every crop's Gram matrix in the
     features' dtype; ``"bf16"`` decides the budgets from bfloat16 Gram matrices with proven error bounds where
     those fix every decision, exactly elsewhere (same tokens, faster where bfloat16 GEMM is, e.g. AMX);
-    ``"auto"`` is ``"bf16"`` for float32 features on a CPU with AMX-BF16 and MKL, else ``"exact"``. CPU only
-    (:func:`restore_ext.holov.holov_indices` takes every device and dtype and calls this on the CPU). Contract:
-    docs/ops.md §3d; reference :func:`restore_ext.reference.holov_indices`.
+    ``"auto"`` is ``"bf16"`` for float32 features with N >= 768 on a CPU with AMX-BF16 and MKL, else
+    ``"exact"``. CPU only (:func:`restore_ext.holov.holov_indices` takes every device and dtype and calls this
+    on the CPU). Contract: docs/ops.md §3d; reference :func:`restore_ext.reference.holov_indices`.
     """
     check_op_int("holov_indices", "k", k, lambda: f"1 <= k <= N{_n_of(features, 3)}")
     return torch.ops.restore.holov_indices.default(features, k, cls_attention, gram)

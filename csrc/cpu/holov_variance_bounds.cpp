@@ -173,19 +173,24 @@ void row_dots(const double* x, int64_t d, double inv, const float* hi_sum, const
   dots[1] = tb;
 }
 
-// |x| in double; false for NaN or inf. float32 squares cannot overflow or underflow a double; float64 rows are
-// scaled by their largest magnitude first.
+// |x| from float32 lane sums of squares, within (d / 16 + 18) 2^-24 / 2 of the exact norm (squares of one
+// sign: the lane sums' rounding is relative); in double where float32 squares could overflow or underflow.
+// False for NaN or inf.
 __attribute__((target_clones("avx512f", "avx2", "default"))) bool row_norm(const float* x, int64_t d,
                                                                           double* norm) {
-  v8d acc = {};
+  v16f acc = {};
   int64_t k = 0;
-  for (; k + 8 <= d; k += 8) {
-    const v8d v = __builtin_convertvector(load<v8f>(x + k), v8d);
+  for (; k + 16 <= d; k += 16) {
+    const v16f v = load<v16f>(x + k);
     acc += v * v;
   }
   double ss = 0.0;
   for (; k < d; ++k) ss += double(x[k]) * double(x[k]);
-  for (int l = 0; l < 8; ++l) ss += acc[l];
+  for (int l = 0; l < 16; ++l) ss += acc[l];
+  if (!(ss > 1e-28 && ss < 1e36)) {  // also NaN and inf; float32 squares cannot overflow or underflow a double
+    ss = 0.0;
+    for (k = 0; k < d; ++k) ss += double(x[k]) * double(x[k]);
+  }
   *norm = std::sqrt(ss);
   return std::isfinite(ss);
 }
@@ -269,8 +274,9 @@ bool bounds_impl(const T* x, int64_t m, int64_t d, Bf16Scratch& s, VarianceBound
   s.lo_sum.assign(ds, 0.0);
   // Float32 lane sums of d / 16 squares each: relative error below (d / 16 + 16) 2^-24 (sqrt halves it).
   const double sum_rel = (double(d) / kLanes + kLanes + 2) * kUnit32;
-  // |lo_true - lo| for lo = fl32(x * fl32(inv)) - hi against the float64 f (|f| < 1), plus a denormal.
-  const double eps = 2.01 * kUnit32 + std::sqrt(double(d)) * 1e-44;
+  // |lo_true - lo| for lo = fl32(x * fl32(inv)) - hi against the float64 f (|f| < 1): the two roundings, the
+  // norm's relative error (float32 lanes, row_norm), a denormal.
+  const double eps = 2.01 * kUnit32 + 0.51 * sum_rel + std::sqrt(double(d)) * 1e-44;
   for (int64_t i = 0; i < m; ++i) {
     double norm, sums[3];
     if (!row_norm(x + i * d, d, &norm)) return false;
