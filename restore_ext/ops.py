@@ -168,7 +168,8 @@ def _holov_crop_variance_fake(x):
 @torch.library.register_fake("restore::holov_crop_variance_bounds")
 def _holov_crop_variance_bounds_fake(x):
     torch._check(x.dim() == 4, lambda: f"holov_crop_variance_bounds: x must be 4-D (B, C, m, D), got {x.dim()}-D")
-    torch._check(x.shape[2] >= 2, lambda: f"holov_crop_variance_bounds: each crop needs m >= 2 tokens, got {x.shape[2]}")
+    torch._check(x.shape[2] >= 2,
+                 lambda: f"holov_crop_variance_bounds: each crop needs m >= 2 tokens, got {x.shape[2]}")
     return x.new_empty((*x.shape[:2], 2), dtype=torch.float64)
 
 

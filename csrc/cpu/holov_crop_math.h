@@ -109,8 +109,8 @@ inline void crop_gram(const double* f, int64_t m, int64_t d, double* gram) {
 }
 
 
-// One crop's mean similarity variance (mean_similarity_variance) from its m packed rows of d values. False if a value is NaN or inf. `f` and `gram` are scratch the caller keeps
-// between crops.
+// One crop's mean similarity variance (mean_similarity_variance) from its m packed rows of d values; false if
+// a value is NaN or inf. `f`, `gram` and `inv` are scratch the caller keeps between crops.
 template <typename T>
 bool crop_variance(const T* crop, int64_t m, int64_t d, std::vector<T>& f, std::vector<T>& gram,
                    std::vector<double>& inv, double* out) {
