@@ -71,6 +71,18 @@ inline float lane_sum(const v16f& v) {
   return float(s);
 }
 
+// One value of split_row's scalar tail: its bfloat16 part into hi, its sums (double) into sums[0..2].
+inline void split_one(float f, int64_t k, uint16_t* hi, float* hi_sum, float* lo_sum, double* sums) {
+  float h;
+  hi[k] = to_bf16(f, &h);
+  const float lo = f - h;
+  sums[0] += double(h) * h;
+  sums[1] += double(lo) * lo;
+  sums[2] += double(h) * lo;
+  hi_sum[k] += h;
+  lo_sum[k] += lo;
+}
+
 // One row of float32 features: hi = bfloat16(f), lo = f - hi (exact: Sterbenz); float32 lane sums of hi^2,
 // lo^2 and hi lo into sums[0..2], and hi and lo added into the crop's column sums (float32).
 // `next` (the next row, or null) is prefetched line by line alongside: a row of d = 1024 floats is one 4 KiB
@@ -96,41 +108,18 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void split_row(cons
     store(hi_sum + k, load<v16f>(hi_sum + k) + h);
     store(lo_sum + k, load<v16f>(lo_sum + k) + lo);
   }
-  double th = 0, tl = 0, tx = 0;
-  for (; k < d; ++k) {
-    const float f = x[k] * inv32;
-    float h;
-    hi[k] = to_bf16(f, &h);
-    const float lo = f - h;
-    th += double(h) * h;
-    tl += double(lo) * lo;
-    tx += double(h) * lo;
-    hi_sum[k] += h;
-    lo_sum[k] += lo;
-  }
-  sums[0] = lane_sum(acc_h) + th;
-  sums[1] = lane_sum(acc_l) + tl;
-  sums[2] = lane_sum(acc_x) + tx;
+  sums[0] = sums[1] = sums[2] = 0.0;
+  for (; k < d; ++k) split_one(x[k] * inv32, k, hi, hi_sum, lo_sum, sums);
+  sums[0] += lane_sum(acc_h);
+  sums[1] += lane_sum(acc_l);
+  sums[2] += lane_sum(acc_x);
 }
 
 // The same for float64 features (f rounded once from x * inv in double).
 void split_row(const double* x, int64_t d, double inv, uint16_t* hi, float* hi_sum, float* lo_sum, double* sums,
                const double* /*next*/) {
-  double th = 0, tl = 0, tx = 0;
-  for (int64_t k = 0; k < d; ++k) {
-    const float f = float(x[k] * inv);
-    float h;
-    hi[k] = to_bf16(f, &h);
-    const float lo = f - h;
-    th += double(h) * h;
-    tl += double(lo) * lo;
-    tx += double(h) * lo;
-    hi_sum[k] += h;
-    lo_sum[k] += lo;
-  }
-  sums[0] = th;
-  sums[1] = tl;
-  sums[2] = tx;
+  sums[0] = sums[1] = sums[2] = 0.0;
+  for (int64_t k = 0; k < d; ++k) split_one(float(x[k] * inv), k, hi, hi_sum, lo_sum, sums);
 }
 
 // hi . lo_sum and lo . hi_sum for one row (lo recomputed as split_row made it), float32 lanes.
