@@ -152,7 +152,8 @@ def test_reference_follows_the_authors_loop():
         assert torch.equal(reference.holov_indices(x, k, att), authors(x, k, att))
 
 
-CROP_SHAPES = [(1, 1, 2, 1), (2, 3, 5, 4), (3, 16, 36, 64), (2, 5, 181, 17), (1, 2, 9, 300)]  # (B, C, m, D)
+# (B, C, m, D); D > 1024 and D % 16 != 0 reach every part of the AVX-512 Gram kernel (chunks, masked tail)
+CROP_SHAPES = [(1, 1, 2, 1), (2, 3, 5, 4), (3, 16, 36, 64), (2, 5, 181, 17), (1, 2, 9, 300), (1, 3, 7, 2100)]
 
 
 def crops_of_every_kind(b, c, m, d, dtype, seed):

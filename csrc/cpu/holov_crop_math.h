@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/blas_gemm.h"
+#include "cpu/gram_avx512.h"
 
 namespace restore {
 namespace holov {
@@ -97,6 +98,7 @@ double mean_similarity_variance(const T* gram, const double* inv, int64_t m) {
 
 // gram (m x m, row-major) = f f^T for f (m x d, row-major).
 inline void crop_gram(const float* f, int64_t m, int64_t d, float* gram) {
+  if (gram_avx512(f, m, d, gram)) return;
   // Row-major f is column-major f^T (d x m); f f^T = (f^T)^T f^T, symmetric, so either layout of the result.
   sgemm_colmajor(true, false, m, m, d, 1.f, f, d, f, d, 0.f, gram, m);
 }

@@ -1,0 +1,12 @@
+#pragma once
+// x x^T for a small block of float32 rows, exploiting symmetry, where the CPU has AVX-512.
+#include <cstdint>
+
+namespace restore {
+
+// gram (m x m, row-major, both triangles) = x x^T for x (m x d, row-major): each entry 16 float32 lane sums
+// of d / 16 products, added in double. False (and gram untouched) where the CPU lacks
+// AVX-512F; the caller then uses a BLAS GEMM.
+bool gram_avx512(const float* x, int64_t m, int64_t d, float* gram);
+
+}  // namespace restore
