@@ -144,14 +144,6 @@ double crop_score(double mean_attention, double v) {
   return kAttentionScale * mean_attention * (1.0 + kAlpha * share);
 }
 
-bool cpu_has_amx_bf16() {
-  static const bool has = [] {
-    const auto caps = at::cpu::get_cpu_capabilities();
-    const auto it = caps.find("amx_bf16");
-    return it != caps.end() && it->second.isBool() && it->second.toBool();
-  }();
-  return has;
-}
 
 }  // namespace
 

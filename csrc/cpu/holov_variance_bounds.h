@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/gram_amx_bf16.h"
+
 namespace restore {
 namespace holov {
 
@@ -15,14 +17,15 @@ struct VarianceBounds {
 };
 
 struct Bf16Scratch {
-  std::vector<uint16_t> hi;       // the crop's normalised rows, rounded to bfloat16 (m x d)
-  std::vector<float> hi_float;    // the same as float32, only where no bfloat16 GEMM is available
-  std::vector<float> gram;        // hi hi^T accumulated in float32 (m x m)
-  std::vector<float> hi_sum, lo_sum;  // the column sums of hi and lo (float32)
-  std::vector<double> inv, hn, ln, hl, col_sq, col_sum, t_centre, dots;
+  std::vector<uint16_t> hi;           // the crop's rows rounded to bfloat16, unscaled (padded to AMX tiles)
+  std::vector<float> hi_float;        // the same as float32, only where no bfloat16 GEMM is available
+  std::vector<float> gram;            // hi hi^T accumulated in float32 (upper triangle, padded rows)
+  std::vector<float> hi_sum, lo_sum;  // the column sums of the scaled hi and lo (float32)
+  AmxScratch amx;
+  std::vector<double> inv, hn, ln, hl, t_centre, dots, row_stats;
 };
 
-// True when the BLAS torch links has a bfloat16 x bfloat16 -> float32 GEMM (MKL's cblas_gemm_bf16bf16f32).
+// True when the CPU has AMX-BF16 or the BLAS torch links has a bfloat16 GEMM (MKL's cblas_gemm_bf16bf16f32).
 bool have_bf16_gemm();
 
 // [lo, hi] containing V of the crop's m >= 2 rows of d values (packed); false if a value is NaN or inf.
