@@ -19,7 +19,7 @@ Every ranking breaks ties towards the lower index (the authors' ``topk`` leaves 
 :func:`restore_ext.reference.holov_indices`.
 
 On the CPU the whole selection is one call of the compiled op ``restore::holov_indices`` (crops in parallel, each
-crop's Gram one BLAS call reduced in cache; for N >= 768 on CPUs with AMX-BF16 in bfloat16 with a proven
+crop's Gram one AVX-512 or BLAS call reduced in cache; for N >= 1265 on CPUs with AMX-BF16 in bfloat16 with a proven
 interval for V, and exactly for the rows that interval cannot decide; then per row the scores, the authors' budget loop and the
 in-crop choice; docs/ops.md §3d). Elsewhere, :func:`holov_indices_torch`: crops of one size are one view (B,
 crops, m, D), so the crop scores are one batched matmul and float64 reductions per size (at most two); budgets

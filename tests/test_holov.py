@@ -1,4 +1,8 @@
 """HoloV as a base selector (restore_ext.holov) against its float64 reference and the authors' loop."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -357,3 +361,29 @@ def test_features_near_the_float32_limits(device, path):
     for scale in (1e25, 1e-25):
         got = select_holov((x * scale).to(device), 20, att.to(device))
         assert torch.equal(got.cpu(), reference.holov_indices((x * scale).double(), 20, att))
+
+
+def test_fallbacks_without_avx512_and_amx():
+    # The BLAS paths that CPUs without AVX-512 or AMX take (SGEMM for the exact Gram; MKL's bfloat16 GEMM, or
+    # SGEMM on bfloat16 values, under the bound), run here in a process that switches both kernels off.
+    code = """
+import torch
+from restore_ext import ops, reference
+from test_holov import CROP_SHAPES, budgets, common_component_crops, crops_of_every_kind
+for seed, shape in enumerate(CROP_SHAPES + [(1, 4, 180, 256)]):
+    x = crops_of_every_kind(*shape, torch.float32, seed)
+    v = reference.holov_crop_variance(x)
+    torch.testing.assert_close(ops.holov_crop_variance(x), v, rtol=2e-5, atol=1e-7)
+    for y in (x, common_component_crops(*shape, seed, 0.05).float()):
+        got, v = ops.holov_crop_variance_bounds(y), reference.holov_crop_variance(y)
+        assert bool((got[..., 0] <= v).all() and (v <= got[..., 1]).all()), shape
+g = torch.Generator().manual_seed(0)
+x, att = torch.randn(2, 1300, 24, generator=g, dtype=torch.float64), torch.rand(2, 1300, generator=g, dtype=torch.float64)
+for k in budgets(1300):
+    assert torch.equal(ops.holov_indices(x, k, att, "bf16"), reference.holov_indices(x, k, att)), k
+print("fallbacks ok")
+"""
+    env = dict(os.environ, RESTORE_EXT_NO_AMX="1", RESTORE_EXT_NO_AVX512="1",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "fallbacks ok" in done.stdout, done.stderr[-3000:]

@@ -9,7 +9,8 @@ namespace restore {
 // and its depth padded to kAmxDepth, the padding zero.
 constexpr int64_t kAmxRows = 16, kAmxDepth = 32, kAmxRowBlock = 32;
 
-// The CPU has AMX-BF16 (torch's cpuinfo) and the OS grants this process the tile state (arch_prctl).
+// The CPU has AMX-BF16 (torch's cpuinfo) and the OS grants this process the tile state (arch_prctl); false
+// when the environment sets RESTORE_EXT_NO_AMX (read once), which the tests use to run the fallbacks.
 bool cpu_has_amx_bf16();
 
 struct AmxScratch {

@@ -34,7 +34,7 @@ constexpr double kAlpha = 0.09;  // weight of the similarity variance in a token
 constexpr double kAttentionScale = 1e3;
 constexpr double kEps = 1e-6;
 constexpr double kMargin = 1e-12;  // relative: what the reference's own float64 rounding could move
-constexpr int64_t kBf16MinCrop = 48;
+constexpr int64_t kBf16MinCrop = 80;
 
 struct Crop {
   int64_t start, size;
@@ -149,9 +149,10 @@ double crop_score(double mean_attention, double v) {
 
 at::Tensor holov_indices_cpu(const at::Tensor& features_in, int64_t k, const at::Tensor& cls_attention,
                              c10::string_view gram) {
-  // "auto": bfloat16 where its GEMM is fast and the crops long enough (N >= 768) that their Gram matrices
-  // outweigh the bounds' extra passes over the features (measured: a wash at 36 tokens, 2x at 180).
-  const bool bf16_pays = holov::have_bf16_gemm() && cpu_has_amx_bf16() && features_in.dim() == 3 &&
+  // "auto": bfloat16 on AMX where the crops are long enough (N >= 1265) that their Gram matrices outweigh the
+  // bounds' extra passes over the features (measured on one thread against the AVX-512 float32 kernel: 1.7x
+  // slower at 36 tokens, a wash at 72-96, 1.7-2x faster at 180).
+  const bool bf16_pays = cpu_has_amx_bf16() && features_in.dim() == 3 &&
                          (features_in.size(1) + kNumCrops - 1) / kNumCrops >= kBf16MinCrop;
   const bool bf16 = check_holov_indices_args(features_in, k, cls_attention, gram, bf16_pays);
   const at::Tensor features = features_in.contiguous();
