@@ -65,9 +65,9 @@ __attribute__((target("avx512f"))) void pack_pairs(const uint16_t* hi, int64_t r
     }
 }
 
-// tiles (rows x rows, `stride` apart) on and above the diagonal's 32 x 32 blocks = hi hi^T. 2 x 2 tiles per pass over
-// the depth (4 accumulators, 2 A, 2 B: all 8 tile registers): a tile load costs more than a product, and this
-// shape needs one per product.
+// tiles (rows x rows, `stride` apart) on and above the diagonal's 32 x 32 blocks = hi hi^T. 2 x 2 tiles per
+// pass over the depth (4 accumulators, 2 A, 2 B: all 8 tile registers): a tile load costs more than a product
+// (measured here: 4 products 21 ns, with 2 tile loads 35-43 ns), and this shape needs one load per product.
 __attribute__((target("amx-tile,amx-bf16"))) void tile_products(const uint16_t* hi, int64_t rows, int64_t ld,
                                                                  const uint16_t* packed, float* tiles, int64_t stride) {
   TileConfig cfg;

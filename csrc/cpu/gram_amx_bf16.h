@@ -18,10 +18,11 @@ struct AmxScratch {
   std::vector<float> tiles;      // the tile products, where gram's rows are too few for whole tiles
 };
 
-// gram (rows `stride` >= m apart) on and above the diagonal = hi hi^T with float32 accumulation (bfloat16 products are exact in
-// float32; the order of the additions is the hardware's) for hi: rows of bfloat16 bits, ld (a multiple of
-// kAmxDepth) apart, m rounded up to kAmxRowBlock rows, zero beyond m rows and beyond the used depth. False (gram
-// untouched) where the CPU or OS has no AMX-BF16.
-bool gram_amx_bf16(const uint16_t* hi, int64_t m, int64_t ld, float* gram, int64_t stride, AmxScratch& scratch);
+// gram (rows `stride` >= m apart), on and above the diagonal, = hi hi^T with float32 accumulation (bfloat16
+// products are exact in float32; the order of the additions is the hardware's, and values below 2^-126 flush
+// to zero) for hi: rows of bfloat16 bits, ld (a multiple of kAmxDepth) apart, m rounded up to kAmxRowBlock
+// rows, zero beyond m rows and beyond the used depth. False (gram untouched) where the CPU or OS has no AMX-BF16.
+bool gram_amx_bf16(const uint16_t* hi, int64_t m, int64_t ld, float* gram, int64_t stride,
+                   AmxScratch& scratch);
 
 }  // namespace restore
