@@ -5,10 +5,10 @@
 //
 // gram = "bf16": V only enters a score as 1e3 mean(a) (1 + 0.09 V / (V + 1e-6)), so an interval for V from
 // a bfloat16 Gram matrix (cpu/holov_variance_bounds.h; on AMX 1.7-2x faster than float32 at 180-token crops)
-// is an interval for the score ~1e-4 as wide as V's. The budgets are taken from the intervals only when every decision of the
-// authors' loop (each floor, each choice of the highest-weight crops) is the same for every score in them;
-// otherwise that row's V are computed exactly, as gram = "exact" does. Either way the tokens are the ones the
-// exact scores give.
+// is an interval for the score ~1e-4 as wide as V's. The budgets are taken from the intervals only when every
+// decision of the authors' loop (each floor, each choice of the highest-weight crops) is the same for every
+// score in them; otherwise that row's V are computed exactly, as gram = "exact" does. Either way the tokens
+// are the ones the exact scores give.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
