@@ -69,6 +69,14 @@ __attribute__((target("avx512f"))) void gram_kernel(const float* x, int64_t m, i
   // Rows past the end read the last row (results discarded), so every block has the full register shape.
   auto row = [&](int64_t r) { return x + std::min(r, m - 1) * d; };
   std::vector<float> saved;  // a block's accumulators between chunks (only when d > kChunk)
+  // The m x d floats after x, which callers walking crops in order read next, pulled into L2 while these
+  // products keep the core busy: otherwise each crop's first pass waits on memory and the rest leave it idle.
+  const char* ahead = reinterpret_cast<const char*>(x + m * d);
+  const int64_t ahead_lines = m * d * 4 / 64;
+  const int64_t calls = ((m + kRowsA - 1) / kRowsA) * ((m + kRowsB - 1) / kRowsB + 1) / 2 *
+                        ((d_vec + kChunk - 1) / kChunk + 1);
+  const int64_t lines_per_call = (ahead_lines + calls - 1) / calls;
+  int64_t ahead_at = 0;
   for (int64_t i0 = 0; i0 < m; i0 += kRowsA) {
     const float* a[kRowsA];
     for (int i = 0; i < kRowsA; ++i) a[i] = row(i0 + i);
@@ -82,6 +90,8 @@ __attribute__((target("avx512f"))) void gram_kernel(const float* x, int64_t m, i
         const float* b[kRowsB];
         for (int j = 0; j < kRowsB; ++j) b[j] = row(j0 + j);
         float* keep = last && first ? nullptr : saved.data() + jb * kRowsA * kRowsB * 16;
+        for (int64_t l = 0; l < lines_per_call && ahead_at < ahead_lines; ++l, ++ahead_at)
+          __builtin_prefetch(ahead + ahead_at * 64, 0, 2);
         Acc acc;
 #pragma GCC unroll 4
         for (int i = 0; i < kRowsA; ++i)
