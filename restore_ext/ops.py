@@ -93,7 +93,7 @@ def holov_indices(features: Tensor, k: int, cls_attention: Tensor, gram: str = "
     ``features`` float32 or float64 (similarities in that dtype, scores in float64), ``cls_attention`` any float
     dtype, finite and >= 0; ``1 <= k <= N``. ``gram``: ``"exact"`` computes every crop's Gram matrix in the
     features' dtype; ``"bf16"`` decides the budgets from bfloat16 Gram matrices with proven error bounds where
-    those fix every decision, exactly elsewhere (same tokens, faster where bfloat16 GEMM is, e.g. AMX);
+    those fix every decision, exactly elsewhere (same tokens; faster on AMX from ~80-token crops);
     ``"auto"`` is ``"bf16"`` for float32 features with N >= 1265 on a CPU with AMX-BF16, else
     ``"exact"``. CPU only (:func:`restore_ext.holov.holov_indices` takes every device and dtype and calls this
     on the CPU). Contract: docs/ops.md §3d; reference :func:`restore_ext.reference.holov_indices`.
