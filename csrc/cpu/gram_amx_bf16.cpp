@@ -1,6 +1,9 @@
 // MKL's bfloat16 GEMM spends most of a crop's Gram matrix (m = 36-180, d = 1024-4096) packing both operands
 // and computing both triangles. Here only one operand is repacked (16 x 16 transposes of bfloat16 pairs), the
 // other is read in place, and only blocks on or above the diagonal are multiplied.
+// GCC 12's AVX-512 headers give the unpack / shuffle intrinsics an "undefined" pass-through operand that
+// -Wmaybe-uninitialized reports wherever they are inlined; the diagnostic must be off before the header is read.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "cpu/gram_amx_bf16.h"
 
 #include <ATen/cpu/Utils.h>
