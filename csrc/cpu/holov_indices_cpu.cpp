@@ -12,7 +12,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cpu/Utils.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 

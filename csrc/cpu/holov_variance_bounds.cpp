@@ -190,8 +190,6 @@ bool bounds_impl(const T* x, int64_t m, int64_t d, Bf16Scratch& s, VarianceBound
 
 }  // namespace
 
-bool have_bf16_gemm() { return cpu_has_amx_bf16() || cblas_gemm_bf16bf16f32 != nullptr; }
-
 bool crop_variance_bounds(const float* x, int64_t m, int64_t d, Bf16Scratch& s, VarianceBounds* out) {
   return bounds_impl(x, m, d, s, out);
 }

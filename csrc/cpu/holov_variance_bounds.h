@@ -25,9 +25,6 @@ struct Bf16Scratch {
   std::vector<double> inv, hn, ln, hl, t_centre, dots, row_stats;
 };
 
-// True when the CPU has AMX-BF16 or the BLAS torch links has a bfloat16 GEMM (MKL's cblas_gemm_bf16bf16f32).
-bool have_bf16_gemm();
-
 // [lo, hi] containing V of the crop's m >= 2 rows of d values (packed); false if a value is NaN or inf.
 bool crop_variance_bounds(const float* x, int64_t m, int64_t d, Bf16Scratch& s, VarianceBounds* out);
 bool crop_variance_bounds(const double* x, int64_t m, int64_t d, Bf16Scratch& s, VarianceBounds* out);
