@@ -116,8 +116,10 @@ bool bounds_impl(const T* x, int64_t m, int64_t d, Bf16Scratch& s, VarianceBound
   bf16_gram(s.hi.data(), m, d, ld, rows, s);
   // float32 accumulation of d exact products in any order, then two scalings in double
   const double gamma = 1.01 * double(d) * kUnit32 + 4e-16;
-  // a product with a flushed bfloat16 operand, or a flushed partial sum, scaled by inv_i inv_j
-  const double tiny_entry = kMinNormal32 * (std::sqrt(double(d)) * 1.01 * inv_max + double(d) * inv_max * inv_max);
+  // a product with a flushed bfloat16 operand (|a b| < 2^-126 (|a| + |b|), summed: 2^-126 sqrt(d) (|hi'_i| +
+  // |hi'_j|)) or a flushed partial sum (2^-126 each), scaled by inv_i inv_j (inv |hi'| = hn <= 1.01)
+  const double tiny_entry =
+      kMinNormal32 * (2.02 * std::sqrt(double(d)) * inv_max + double(d) * inv_max * inv_max);
   // float32 lane dot products of length d (and hi . lo): relative to the sum of |terms|
   const double dot_rel = sum_rel + 4 * kUnit32 * kUnit32;
   double hsum = 0, lsum = 0, h2 = 0, h4 = 0, l2 = 0;
