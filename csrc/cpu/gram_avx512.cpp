@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <vector>
 
@@ -71,7 +72,8 @@ __attribute__((target("avx512f"))) void gram_kernel(const float* x, int64_t m, i
   std::vector<float> saved;  // a block's accumulators between chunks (only when d > kChunk)
   // The m x d floats after x, which callers walking crops in order read next, pulled into L2 while these
   // products keep the core busy: otherwise each crop's first pass waits on memory and the rest leave it idle.
-  const char* ahead = reinterpret_cast<const char*>(x + m * d);
+  // (addresses as integers: the range may run past the caller's tensor, where pointer arithmetic is undefined)
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(x) + uintptr_t(m * d) * sizeof(float);
   const int64_t ahead_lines = m * d * 4 / 64;
   const int64_t calls = ((m + kRowsA - 1) / kRowsA) * ((m + kRowsB - 1) / kRowsB + 1) / 2 *
                         ((d_vec + kChunk - 1) / kChunk + 1);
@@ -91,7 +93,7 @@ __attribute__((target("avx512f"))) void gram_kernel(const float* x, int64_t m, i
         for (int j = 0; j < kRowsB; ++j) b[j] = row(j0 + j);
         float* keep = last && first ? nullptr : saved.data() + jb * kRowsA * kRowsB * 16;
         for (int64_t l = 0; l < lines_per_call && ahead_at < ahead_lines; ++l, ++ahead_at)
-          __builtin_prefetch(ahead + ahead_at * 64, 0, 2);
+          __builtin_prefetch(reinterpret_cast<const void*>(ahead + uintptr_t(ahead_at) * 64), 0, 2);
         Acc acc;
 #pragma GCC unroll 4
         for (int i = 0; i < kRowsA; ++i)
